@@ -1,0 +1,38 @@
+"""The run configuration: every flag of ``scripts/tune.py``, with its default."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def default_data_dir() -> Path:
+    """``$FMNIST_DATA_DIR`` when set, else ``./data``."""
+    return Path(os.environ.get("FMNIST_DATA_DIR") or "data")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything fixed for a whole study (what varies per trial lives in ``TrialConfig``)."""
+
+    study_name: str = "fmnist-mlp"  # name of the Optuna study inside the storage
+    output_dir: Path = Path("runs/fmnist-mlp")  # best.json, tensorboard/, checkpoints/, study.db
+    storage: str | None = None  # Optuna storage URL; None = sqlite:///<output_dir>/study.db
+    data_dir: Path = Path("data")  # the four IDX .gz files (or torchvision's FashionMNIST/raw)
+    n_trials: int | None = 50  # trials of the whole study (finished ones count on resume)
+    timeout: float | None = None  # seconds after which no new trial starts
+    max_epochs: int = 15  # epochs per trial at most (early stopping and pruning end many sooner)
+    sampler: str = "tpe"  # tpe (Bayesian), random, or grid (search_space.GRID)
+    pruner: str = "median"  # median (MedianPruner with warm-up) or none
+    patience: int | None = None  # stop after this many finished trials without a new best
+    seed: int = 0  # seeds the sampler, the train/val split, shuffles and weight init
+    accelerator: str = "auto"  # auto (GPU when present), cpu or gpu
+    early_stopping: int = 3  # in-trial patience, in epochs without a better val accuracy
+    val_size: int = 5_000  # images of the official training set held out for validation
+    progress: bool = False  # per-epoch progress bars (off: one log line per trial)
+
+    @property
+    def storage_url(self) -> str:
+        """The storage URL actually used."""
+        return self.storage or f"sqlite:///{self.output_dir / 'study.db'}"

@@ -1,0 +1,153 @@
+"""The network (a plain MLP) and the Lightning "system" that trains it. Nothing here knows Optuna."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import nn
+
+from fmnist_tuning.data import N_CLASSES, N_FEATURES
+
+# The one name of the monitored metric: logged here, watched by pruning, early stopping, checkpoints.
+VAL_ACC = "val/acc"
+VAL_LOSS = "val/loss"
+TRAIN_LOSS = "train/loss"
+TEST_ACC = "test/acc"
+
+OPTIMIZERS: dict[str, Callable[[Iterator[nn.Parameter], float, float], torch.optim.Optimizer]] = {
+    "adam": lambda p, lr, wd: torch.optim.Adam(p, lr=lr, weight_decay=wd),
+    "adamw": lambda p, lr, wd: torch.optim.AdamW(p, lr=lr, weight_decay=wd),
+    "sgd": lambda p, lr, wd: torch.optim.SGD(
+        p, lr=lr, weight_decay=wd, momentum=0.9, nesterov=True
+    ),
+    "rmsprop": lambda p, lr, wd: torch.optim.RMSprop(p, lr=lr, weight_decay=wd),
+}
+SCHEDULERS = ("none", "onecycle", "cosine")
+
+
+class MLP(nn.Module):
+    """Fully-connected classifier: [Linear → (BatchNorm) → ReLU → Dropout] × depth → Linear.
+
+    Args:
+        hidden_sizes: Width of each hidden layer; empty gives logistic regression.
+        dropout: Dropout probability after every hidden activation.
+        batch_norm: Insert BatchNorm1d after every hidden Linear.
+        in_features: Input size (flattened image).
+        n_classes: Output logits.
+    """
+
+    def __init__(
+        self,
+        hidden_sizes: Sequence[int] = (128,),
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        in_features: int = N_FEATURES,
+        n_classes: int = N_CLASSES,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for size in hidden_sizes:
+            layers.append(nn.Linear(width, size, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(size))
+            layers.append(nn.ReLU(inplace=True))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        layers.append(nn.Linear(width, n_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(x.flatten(1))
+        return out
+
+
+class FashionMNISTClassifier(pl.LightningModule):
+    """Trains an :class:`MLP` with cross-entropy; logs loss and accuracy per epoch.
+
+    Args:
+        hidden_sizes: Hidden layer widths of the MLP.
+        dropout: Dropout probability.
+        batch_norm: Use batch normalisation in the hidden layers.
+        optimizer: One of ``OPTIMIZERS`` (SGD uses Nesterov momentum 0.9).
+        lr: Learning rate (the peak rate under the one-cycle schedule).
+        weight_decay: L2 penalty (decoupled for AdamW).
+        label_smoothing: Cross-entropy label smoothing for training.
+        scheduler: ``none``, ``onecycle`` (per step) or ``cosine`` (per epoch) over ``max_epochs``.
+        max_epochs: Planned epochs, the length of the schedules.
+    """
+
+    def __init__(
+        self,
+        hidden_sizes: Sequence[int] = (128,),
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        label_smoothing: float = 0.0,
+        scheduler: str = "none",
+        max_epochs: int = 10,
+    ) -> None:
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; choose from {sorted(OPTIMIZERS)}")
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {scheduler!r}; choose from {SCHEDULERS}")
+        self.save_hyperparameters(logger=False)  # the objective logs hparams once, with hp_metric
+        self.model = MLP(hidden_sizes, dropout, batch_norm)
+        self.train_acc = torchmetrics.classification.MulticlassAccuracy(N_CLASSES, average="micro")
+        self.val_acc = self.train_acc.clone()
+        self.test_acc = self.train_acc.clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.model(x)
+        return out
+
+    def model_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], label_smoothing: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Shared by every stage: the loss, the predictions and the targets of one batch."""
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        return loss, logits.argmax(dim=1), y
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        loss, preds, y = self.model_step(batch, self.hparams["label_smoothing"])
+        self.train_acc(preds, y)
+        self.log(TRAIN_LOSS, loss, on_step=False, on_epoch=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        loss, preds, y = self.model_step(batch)
+        self.val_acc(preds, y)
+        self.log(VAL_LOSS, loss, on_epoch=True, batch_size=len(y))
+        self.log(VAL_ACC, self.val_acc, on_epoch=True)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        loss, preds, y = self.model_step(batch)
+        self.test_acc(preds, y)
+        self.log("test/loss", loss, on_epoch=True, batch_size=len(y))
+        self.log(TEST_ACC, self.test_acc, on_epoch=True)
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        opt = OPTIMIZERS[hp["optimizer"]](self.parameters(), hp["lr"], hp["weight_decay"])
+        if hp["scheduler"] == "onecycle":
+            steps = int(self.trainer.estimated_stepping_batches)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp["lr"], total_steps=steps)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        if hp["scheduler"] == "cosine":
+            cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=hp["max_epochs"])
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine, "interval": "epoch"}}
+        return opt

@@ -1,0 +1,161 @@
+"""One trial: search space → config → DataModule + LightningModule + Trainer → best val accuracy."""
+
+from __future__ import annotations
+
+import gc
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import optuna
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from optuna_integration import PyTorchLightningPruningCallback
+
+from fmnist_tuning.config import RunConfig
+from fmnist_tuning.data import FashionMNISTDataModule
+from fmnist_tuning.model import TEST_ACC, VAL_ACC, FashionMNISTClassifier
+from fmnist_tuning.search_space import TrialConfig, suggest_config
+
+CHECKPOINT_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
+
+# Lightning's advice for DataLoader-based pipelines does not apply to on-device tensor batches.
+warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+warnings.filterwarnings("ignore", message=".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+
+
+def trial_name(number: int) -> str:
+    """The name shared by a trial's TensorBoard run and its checkpoint file."""
+    return f"trial_{number:04d}"
+
+
+def uses_gpu(accelerator: str) -> bool:
+    """Whether ``accelerator`` resolves to a CUDA device on this machine."""
+    return accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
+
+
+class ValHistory(Callback):
+    """Records the monitored metric after every validation epoch (the trial's curve).
+
+    Also logs ``hp_metric`` = best value so far, which TensorBoard's HParams tab shows per trial.
+    """
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and VAL_ACC in trainer.callback_metrics:
+            self.values.append(float(trainer.callback_metrics[VAL_ACC]))
+            if trainer.logger is not None:
+                trainer.logger.log_metrics({"hp_metric": self.best}, step=trainer.current_epoch)
+
+    @property
+    def best(self) -> float:
+        return max(self.values, default=float("nan"))
+
+
+def build_trainer(
+    run: RunConfig,
+    callbacks: list[Callback] | None = None,
+    logger: TensorBoardLogger | None = None,
+    **overrides: Any,
+) -> pl.Trainer:
+    """The Trainer every trial uses: quiet, no sanity check, bf16 on GPUs that support it."""
+    gpu = uses_gpu(run.accelerator)
+    kwargs: dict[str, Any] = {
+        "accelerator": "gpu" if gpu else "cpu",
+        "devices": 1,
+        "max_epochs": run.max_epochs,
+        "precision": "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true",
+        "logger": logger if logger is not None else False,
+        "callbacks": callbacks or [],
+        "enable_checkpointing": any(isinstance(c, ModelCheckpoint) for c in callbacks or []),
+        "enable_progress_bar": run.progress,
+        "enable_model_summary": False,
+        "num_sanity_val_steps": 0,
+        "log_every_n_steps": 50,
+    }
+    kwargs.update(overrides)
+    return pl.Trainer(**kwargs)
+
+
+def build_module(config: TrialConfig, run: RunConfig) -> FashionMNISTClassifier:
+    """The LightningModule for ``config``."""
+    return FashionMNISTClassifier(**config.model_kwargs(), max_epochs=run.max_epochs)
+
+
+def build_datamodule(config: TrialConfig, run: RunConfig) -> FashionMNISTDataModule:
+    """The DataModule for ``config`` (the data tensors themselves are shared process-wide)."""
+    return FashionMNISTDataModule(
+        run.data_dir, batch_size=config.batch_size, val_size=run.val_size, seed=run.seed
+    )
+
+
+class Objective:
+    """Trains one trial's configuration and returns its best validation accuracy.
+
+    Args:
+        run: The study-wide settings (data, epochs, output folder, accelerator, pruning).
+    """
+
+    def __init__(self, run: RunConfig) -> None:
+        self.run = run
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        run = self.run
+        config = suggest_config(trial)
+        name = trial_name(trial.number)
+        pl.seed_everything(run.seed + trial.number, verbose=False)
+        history = ValHistory()
+        checkpoint = ModelCheckpoint(
+            dirpath=run.output_dir / CHECKPOINT_DIR,
+            filename=name,
+            monitor=VAL_ACC,
+            mode="max",
+            save_top_k=1,
+            save_weights_only=True,
+            enable_version_counter=False,
+        )
+        callbacks: list[Callback] = [
+            history,
+            # Reports every epoch (the intermediate values plot needs them); prunes per the pruner.
+            PyTorchLightningPruningCallback(trial, monitor=VAL_ACC),
+            EarlyStopping(monitor=VAL_ACC, mode="max", patience=run.early_stopping),
+            checkpoint,
+        ]
+        logger = TensorBoardLogger(
+            run.output_dir / TENSORBOARD_DIR, name="", version=name, default_hp_metric=False
+        )
+        # The HParams entry is written once, up front; ValHistory then updates its hp_metric.
+        logger.log_hyperparams({"trial": trial.number, **config.flat()}, {"hp_metric": 0.0})
+        trainer = build_trainer(run, callbacks, logger)
+        module = build_module(config, run)
+        start = time.perf_counter()
+        try:
+            trainer.fit(module, datamodule=build_datamodule(config, run))
+        except optuna.TrialPruned:
+            Path(checkpoint.best_model_path or "").unlink(missing_ok=True)
+            raise
+        finally:
+            trial.set_user_attr("epochs", len(history.values))
+            trial.set_user_attr("train_seconds", round(time.perf_counter() - start, 3))
+            del trainer, module
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        trial.set_user_attr("checkpoint", str(Path(checkpoint.best_model_path).resolve()))
+        return history.best
+
+
+def evaluate_test(checkpoint: str | Path, config: TrialConfig, run: RunConfig) -> float:
+    """Accuracy of a saved model on the official 10,000-image test set (the final, single use)."""
+    module = FashionMNISTClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
+    trainer = build_trainer(run, logger=None)
+    (result,) = trainer.test(module, datamodule=build_datamodule(config, run), verbose=False)
+    return float(result[TEST_ACC])
