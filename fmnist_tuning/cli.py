@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="in-trial patience in epochs (default %(default)s)",
     )
     p.add_argument(
+        "--val-size",
+        type=_positive_int,
+        default=d.val_size,
+        help="training images held out for validation (default %(default)s)",
+    )
+    p.add_argument(
         "--progress", choices=("trial", "epoch"), default="trial", help="epoch: per-epoch bars"
     )
     return p
@@ -104,6 +110,7 @@ def parse_config(argv: Sequence[str] | None = None) -> RunConfig:
         seed=args.seed,
         accelerator=args.accelerator,
         early_stopping=args.early_stopping,
+        val_size=args.val_size,
         progress=args.progress == "epoch",
     )
 
@@ -128,8 +135,6 @@ def run(config: RunConfig) -> int:
 
     data.download(config.data_dir)  # no-op when the files are there
     data.load_raw(config.data_dir)  # decode and validate now: bad files fail before any output
-    if config.storage is None:
-        config.output_dir.mkdir(parents=True, exist_ok=True)
     the_study = study.load_or_create(config)
     config.output_dir.mkdir(parents=True, exist_ok=True)
     study.optimize(the_study, config)

@@ -86,6 +86,8 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
 
 def load_or_create(run: RunConfig) -> optuna.Study:
     """Creates the study, or resumes it when it already exists in the storage."""
+    if run.storage is None:
+        run.output_dir.mkdir(parents=True, exist_ok=True)  # the default SQLite file lives there
     storage = open_storage(run.storage_url)
     return optuna.create_study(
         storage=storage,

@@ -1,0 +1,79 @@
+"""Shared fixtures: a tiny synthetic Fashion-MNIST in the real IDX .gz format."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from fmnist_tuning import data
+from fmnist_tuning.config import RunConfig
+
+N_TRAIN, N_TEST, VAL_SIZE = 600, 100, 100
+
+
+def write_idx(path: Path, array: torch.Tensor) -> None:
+    """Writes a uint8 tensor as an IDX file (gzip-compressed when the name ends in .gz)."""
+    header = struct.pack(">I", 0x0800 + array.dim()) + struct.pack(f">{array.dim()}I", *array.shape)
+    payload = header + array.contiguous().numpy().tobytes()
+    if path.suffix == ".gz":
+        with gzip.open(path, "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def synthetic_split(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Learnable fake images: class k lights up rows 2k..2k+3, over uniform noise."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=gen, dtype=torch.uint8)
+    images = torch.randint(0, 120, (n, 28, 28), generator=gen, dtype=torch.uint8)
+    for i, k in enumerate(labels.tolist()):
+        images[i, 2 * k + 4 : 2 * k + 8, 4:24] = 250
+    return images, labels
+
+
+def write_fake_fmnist(folder: Path, n_train: int = N_TRAIN, n_test: int = N_TEST) -> Path:
+    """The four files, named as the originals, in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", n_train, 1), ("t10k", n_test, 2)):
+        images, labels = synthetic_split(n, seed)
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def fake_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_fake_fmnist(tmp_path_factory.mktemp("fmnist"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches() -> None:
+    """Each test sees cold process caches, as a new process would."""
+    data._DECODED.clear()
+    data._SPLITS.clear()
+
+
+@pytest.fixture
+def run_config(fake_data_dir: Path, tmp_path: Path) -> RunConfig:
+    return RunConfig(
+        output_dir=tmp_path / "out",
+        data_dir=fake_data_dir,
+        n_trials=2,
+        max_epochs=2,
+        val_size=VAL_SIZE,
+        accelerator="cpu",
+    )
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    path = os.environ.get("FMNIST_DATA_DIR")
+    if not path:
+        pytest.skip("real Fashion-MNIST not configured: set FMNIST_DATA_DIR to run this test")
+    return Path(path)

@@ -1,0 +1,117 @@
+"""The command line contract: flags, outputs, resume, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fmnist_tuning.cli import main
+from tests.conftest import VAL_SIZE
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _args(data_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--data-dir", str(data_dir), "--output-dir", str(out), "--max-epochs", "2",
+        "--val-size", str(VAL_SIZE), "--accelerator", "cpu", *extra,
+    ]  # fmt: skip
+
+
+def test_two_trial_study_writes_best_json_tensorboard_and_storage(
+    fake_data_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    assert main(_args(fake_data_dir, out, "--n-trials", "2")) == 0
+
+    best = json.loads((out / "best.json").read_text())
+    assert {"trial", "params", "val_acc", "test_acc"} <= best.keys()
+    assert isinstance(best["trial"], int) and best["params"]
+    assert 0.0 <= best["test_acc"] <= 1.0 and 0.0 <= best["val_acc"] <= 1.0
+    assert Path(best["checkpoint"]).is_file()
+    assert [p.name for p in (out / "checkpoints").iterdir()] == [Path(best["checkpoint"]).name]
+
+    runs = sorted(p.name for p in (out / "tensorboard").iterdir())
+    assert runs == ["trial_0000", "trial_0001"]
+    for run in runs:
+        events = EventAccumulator(str(out / "tensorboard" / run))
+        events.Reload()
+        tags = events.Tags()["scalars"]
+        assert {"val/acc", "val/loss", "train/loss", "hp_metric"} <= set(tags)
+        assert len(events.Scalars("val/acc")) == 2  # one point per epoch
+
+    study = optuna.load_study(study_name="fmnist-mlp", storage=f"sqlite:///{out / 'study.db'}")
+    assert len(study.trials) == 2
+    assert study.best_trial.number == best["trial"]
+    assert study.best_value == pytest.approx(best["val_acc"])
+
+
+def test_rerunning_resumes_the_same_study(fake_data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(_args(fake_data_dir, out, "--n-trials", "1")) == 0
+    assert main(_args(fake_data_dir, out, "--n-trials", "2")) == 0
+    study = optuna.load_study(study_name="fmnist-mlp", storage=f"sqlite:///{out / 'study.db'}")
+    assert [t.number for t in study.trials] == [0, 1]  # total is 2, not 1 + 2
+
+
+def test_patience_stops_the_study(fake_data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(_args(fake_data_dir, out, "--n-trials", "30", "--patience", "1")) == 0
+    study = optuna.load_study(study_name="fmnist-mlp", storage=f"sqlite:///{out / 'study.db'}")
+    assert 2 <= len(study.trials) < 30
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--n-trials", "0"], ["--sampler", "bayes"], ["--max-epochs", "x"], ["--bogus"]],
+)
+def test_bad_flags_exit_2_with_one_line(
+    flags: list[str], fake_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(_args(fake_data_dir, tmp_path / "out", *flags)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fmnist-tune: error:")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_data_file_exits_2_naming_it(
+    fake_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for f in fake_data_dir.iterdir():
+        if not f.name.startswith("train-labels"):
+            (partial / f.name).write_bytes(f.read_bytes())
+    assert main(_args(partial, tmp_path / "out", "--n-trials", "1")) == 2
+    err = capsys.readouterr().err
+    assert "train-labels-idx1-ubyte.gz" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreachable_storage_exits_2_without_password(
+    fake_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = "postgresql+psycopg://user:s3cret@127.0.0.1:1/nowhere"
+    assert main(_args(fake_data_dir, tmp_path / "out", "--storage", url)) == 2
+    err = capsys.readouterr().err
+    assert "cannot open storage" in err and "s3cret" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_script_reports_bad_input_without_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "tune.py"), "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "Fashion-MNIST" in proc.stderr

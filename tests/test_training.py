@@ -1,0 +1,74 @@
+"""Training through Lightning, and pruning through Optuna, on tiny synthetic data."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from fmnist_tuning.config import RunConfig
+from fmnist_tuning.model import VAL_ACC
+from fmnist_tuning.objective import build_datamodule, build_module, build_trainer
+from fmnist_tuning.search_space import TrialConfig
+from fmnist_tuning.study import load_or_create, optimize
+
+
+def test_fast_dev_run_fits_on_cpu(run_config: RunConfig) -> None:
+    config = TrialConfig(hidden_sizes=(32, 16), batch_norm=True, dropout=0.1)
+    trainer = build_trainer(run_config, fast_dev_run=True)
+    trainer.fit(build_module(config, run_config), datamodule=build_datamodule(config, run_config))
+    assert trainer.state.finished
+    assert VAL_ACC in trainer.callback_metrics
+
+
+def test_a_few_epochs_learn_the_synthetic_classes(run_config: RunConfig) -> None:
+    config = TrialConfig(hidden_sizes=(64,), lr=3e-3, batch_size=32)
+    run = dataclasses.replace(run_config, max_epochs=3)
+    trainer = build_trainer(run)
+    trainer.fit(build_module(config, run), datamodule=build_datamodule(config, run))
+    assert float(trainer.callback_metrics[VAL_ACC]) > 0.5  # chance is 0.1
+
+
+GOOD = {
+    "n_layers": 1,
+    "n_units_l0": 64,
+    "dropout": 0.0,
+    "batch_norm": True,
+    "optimizer": "adam",
+    "lr_adam": 1e-2,
+    "weight_decay": 1e-6,
+    "batch_size": 64,
+}
+# RMSprop at its smallest rate on 2 steps per epoch: stays near chance for several epochs.
+BAD = {**GOOD, "optimizer": "rmsprop", "batch_size": 512, "batch_norm": False}
+del BAD["lr_adam"]
+BAD["lr_rmsprop"] = 1e-5
+
+
+def _enqueued_study(run: RunConfig, bad: int) -> optuna.Study:
+    study = load_or_create(run)
+    for _ in range(5):
+        study.enqueue_trial(GOOD)
+    for _ in range(bad):
+        study.enqueue_trial(BAD)
+    optimize(study, run)
+    return study
+
+
+def test_median_pruning_stops_clearly_worse_trials(run_config: RunConfig) -> None:
+    run = dataclasses.replace(run_config, n_trials=7, max_epochs=5, early_stopping=5)
+    study = _enqueued_study(run, bad=2)
+    states = [t.state for t in study.trials]
+    assert states[:5] == [TrialState.COMPLETE] * 5
+    assert states[5:] == [TrialState.PRUNED] * 2
+    # pruned after the warm-up (epochs 0-1 are never pruned), before the last epoch
+    assert all(3 <= t.user_attrs["epochs"] < 5 for t in study.trials[5:])
+
+
+def test_pruner_none_lets_every_trial_finish(run_config: RunConfig, tmp_path: Path) -> None:
+    run = dataclasses.replace(run_config, n_trials=6, max_epochs=4, early_stopping=5, pruner="none")
+    study = _enqueued_study(run, bad=1)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert len(study.trials[-1].intermediate_values) == 4  # still reported: curves for the plots
