@@ -88,7 +88,7 @@ def test_torchvision_raw_layout_is_found(fake_data_dir: Path, tmp_path: Path) ->
 def test_partial_folder_names_the_missing_file(fake_data_dir: Path, tmp_path: Path) -> None:
     shutil.copytree(fake_data_dir, tmp_path / "d")
     (tmp_path / "d" / "t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz"):
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz"):
         data.load_raw(tmp_path / "d")
 
 

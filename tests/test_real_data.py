@@ -27,7 +27,9 @@ def test_real_files_decode_to_the_official_splits(real_data_dir: Path) -> None:
     assert splits.std == pytest.approx(0.3530, abs=2e-3)
 
 
-def test_one_epoch_of_the_baseline_mlp_beats_80_percent(real_data_dir: Path, tmp_path: Path) -> None:
+def test_one_epoch_of_the_baseline_mlp_beats_80_percent(
+    real_data_dir: Path, tmp_path: Path
+) -> None:
     run = dataclasses.replace(
         RunConfig(), data_dir=real_data_dir, output_dir=tmp_path, max_epochs=1, accelerator="cpu"
     )
