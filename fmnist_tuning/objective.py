@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,15 +98,30 @@ def build_datamodule(config: TrialConfig, run: RunConfig) -> FashionMNISTDataMod
     )
 
 
+DataModuleFactory = Callable[[TrialConfig, RunConfig], pl.LightningDataModule]
+
+
 class Objective:
     """Trains one trial's configuration and returns its best validation accuracy.
 
     Args:
         run: The study-wide settings (data, epochs, output folder, accelerator, pruning).
+        make_datamodule: Builds the trial's data pipeline (the benchmark swaps in a DataLoader one).
+        extra_callbacks: Added to every trial's Trainer (e.g. timers).
+        trainer_overrides: Trainer arguments that replace the defaults (e.g. ``limit_train_batches``).
     """
 
-    def __init__(self, run: RunConfig) -> None:
+    def __init__(
+        self,
+        run: RunConfig,
+        make_datamodule: DataModuleFactory | None = None,
+        extra_callbacks: Sequence[Callback] = (),
+        trainer_overrides: dict[str, Any] | None = None,
+    ) -> None:
         self.run = run
+        self.make_datamodule = make_datamodule or build_datamodule
+        self.extra_callbacks = list(extra_callbacks)
+        self.trainer_overrides = trainer_overrides or {}
 
     def __call__(self, trial: optuna.Trial) -> float:
         run = self.run
@@ -128,17 +144,18 @@ class Objective:
             PyTorchLightningPruningCallback(trial, monitor=VAL_ACC),
             EarlyStopping(monitor=VAL_ACC, mode="max", patience=run.early_stopping),
             checkpoint,
+            *self.extra_callbacks,
         ]
         logger = TensorBoardLogger(
             run.output_dir / TENSORBOARD_DIR, name="", version=name, default_hp_metric=False
         )
         # The HParams entry is written once, up front; ValHistory then updates its hp_metric.
         logger.log_hyperparams({"trial": trial.number, **config.flat()}, {"hp_metric": 0.0})
-        trainer = build_trainer(run, callbacks, logger)
+        trainer = build_trainer(run, callbacks, logger, **self.trainer_overrides)
         module = build_module(config, run)
         start = time.perf_counter()
         try:
-            trainer.fit(module, datamodule=build_datamodule(config, run))
+            trainer.fit(module, datamodule=self.make_datamodule(config, run))
         except optuna.TrialPruned:
             Path(checkpoint.best_model_path or "").unlink(missing_ok=True)
             raise
