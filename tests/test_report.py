@@ -1,0 +1,260 @@
+"""The study report: plots/, report.html, scripts/report.py, the progress line, Chromium rendering."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import optuna
+import pytest
+
+from fmnist_tuning import plots
+from fmnist_tuning.cli import main
+from fmnist_tuning.config import RunConfig
+from fmnist_tuning.data import CLASS_NAMES
+from fmnist_tuning.report import (
+    _ERROR_JS,
+    REPORT_FILE,
+    evaluate_best,
+    run_from_study,
+    write_report,
+)
+from fmnist_tuning.search_space import suggest_config
+from fmnist_tuning.study import log_trial
+from tests.conftest import N_TEST, VAL_SIZE
+
+ROOT = Path(__file__).resolve().parents[1]
+PLOT_NAMES = [spec.name for spec in plots.SPECS]
+
+
+@pytest.fixture(scope="module")
+def study_run(fake_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real 3-trial study through the command line; returns its output dir."""
+    out = tmp_path_factory.mktemp("study") / "out"
+    args = [
+        "--data-dir", str(fake_data_dir), "--output-dir", str(out), "--n-trials", "3",
+        "--max-epochs", "2", "--val-size", str(VAL_SIZE), "--accelerator", "cpu",
+    ]  # fmt: skip
+    assert main(args) == 0
+    return out
+
+
+def _page(out: Path) -> str:
+    return (out / REPORT_FILE).read_text(encoding="utf-8")
+
+
+def _fake_study(n_complete: int, n_pruned: int = 0) -> optuna.Study:
+    """An in-memory study of the real search space with made-up accuracies (no training)."""
+
+    def objective(trial: optuna.Trial) -> float:
+        config = suggest_config(trial)
+        for epoch in range(3):
+            trial.report(0.6 + 0.1 * epoch + config.dropout / 10, epoch)
+            if trial.number >= n_complete and epoch == 1:
+                raise optuna.TrialPruned()
+        return 0.8 + config.dropout / 10
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
+    study.optimize(objective, n_trials=n_complete + n_pruned)
+    return study
+
+
+def test_a_study_run_leaves_every_plot_as_html_and_png(study_run: Path) -> None:
+    folder = study_run / "plots"
+    for name in PLOT_NAMES:
+        assert (folder / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        page = (folder / f"{name}.html").read_text()
+        assert 'src="plotly.min.js"' in page and "cdn" not in page.lower(), name
+    assert (folder / plots.PLOTLY_JS).stat().st_size > 1_000_000  # the bundle, for offline use
+
+
+def test_report_is_one_offline_file_with_plotly_embedded_once(study_run: Path) -> None:
+    page = _page(study_run)
+    bundle = plots.plotly_js()
+    assert page.count(bundle[:200]) == 1
+    own = page.replace(bundle, "")  # plotly.js itself mentions URLs it never loads for these plots
+    assert not re.search(r"""<(script|link|img|iframe)[^>]*(src|href)=["']?(https?:)?//""", own)
+    # every plot as a plotly div plus its inline PNG, and the confusion grid's PNG or its note
+    assert all(f'id="figure-{name}"' in page for name in PLOT_NAMES)
+    assert page.count("data:image/png;base64,") >= len(PLOT_NAMES)
+
+
+def test_report_shows_summary_and_best_trial_with_test_accuracy(study_run: Path) -> None:
+    best = json.loads((study_run / "best.json").read_text())
+    page = _page(study_run)
+    summary = page[page.index('id="summary"') : page.index('id="best-trial"')]
+    assert re.search(r"complete</th><td[^>]*>3<", summary)
+    assert re.search(r"pruned</th><td[^>]*>0<", summary)
+    assert ">tpe<" in summary and ">median<" in summary and "study.db" in summary
+    table = page[
+        page.index('id="best-trial"') : page.index("</table>", page.index('id="best-trial"'))
+    ]
+    assert f">{best['trial']}<" in table
+    assert f"{best['val_acc']:.4f}" in table and f"{best['test_acc']:.4f}" in table
+    assert all(name in table for name in best["params"])
+
+
+def test_report_has_confusion_matrix_per_class_accuracy_and_trials_table(study_run: Path) -> None:
+    page = _page(study_run)
+    assert 'id="confusion-matrix"' in page and 'id="per-class"' in page
+    per_class = page[page.index('id="per-class"') :]
+    assert all(name in per_class for name in CLASS_NAMES)
+    trials = page[page.index('id="trials"') : page.index("</table>", page.index('id="trials"'))]
+    assert 'class="sortable"' in trials
+    assert trials.count("<tr") == 1 + 3 and trials.count('class="best"') == 1
+
+
+def test_best_model_confusion_matrix_agrees_with_recorded_test_accuracy(
+    study_run: Path, fake_data_dir: Path
+) -> None:
+    best = json.loads((study_run / "best.json").read_text())
+    run = RunConfig(output_dir=study_run, data_dir=fake_data_dir, val_size=VAL_SIZE)
+    evaluation = evaluate_best(Path(best["checkpoint"]), run)
+    assert sum(map(sum, evaluation.confusion)) == N_TEST
+    assert evaluation.accuracy == pytest.approx(best["test_acc"], abs=1e-6)
+    assert len(evaluation.per_class) == len(CLASS_NAMES)
+    assert all(true != pred for _, true, pred, _ in evaluation.confused)
+    confidences = [p for *_, p in evaluation.confused]
+    assert confidences == sorted(confidences, reverse=True)
+
+
+def test_plots_that_cannot_be_drawn_are_skipped_with_a_reason(tmp_path: Path) -> None:
+    study = _fake_study(n_complete=1, n_pruned=1)
+    drawn = {p.name: p for p in plots.make_plots(study)}
+    assert "2 complete trials" in (drawn["param_importances"].skipped or "")
+    assert drawn["contour"].skipped and "\n" not in drawn["contour"].skipped
+    for name in ("optimization_history", "intermediate_values", "slice", "edf", "timeline"):
+        assert drawn[name].skipped is None and drawn[name].png, name
+    stale = tmp_path / "param_importances.png"
+    stale.write_bytes(b"old picture")
+    plots.write_plots(list(drawn.values()), tmp_path)
+    assert not stale.exists() and (tmp_path / "timeline.png").is_file()
+
+
+def test_contour_uses_two_parameters_that_vary_together(tmp_path: Path) -> None:
+    study = _fake_study(n_complete=8)
+    pair = plots.contour_params(study)
+    assert isinstance(pair, tuple) and len(set(pair)) == 2
+    assert list(pair) == [p for p in plots.importances(study) if p in pair]  # importance order
+
+
+def test_report_of_a_study_without_complete_trials_says_so(run_config: RunConfig) -> None:
+    study = _fake_study(n_complete=0, n_pruned=2)
+    page = write_report(study, run_config).read_text()
+    assert "No trial has completed yet" in page
+    assert "Skipped: needs at least 1 complete trial" in page
+    assert 'id="figure-intermediate_values"' in page  # the pruned curves still show
+
+
+def test_report_hides_the_storage_password(run_config: RunConfig) -> None:
+    run = dataclasses.replace(run_config, storage="postgresql+psycopg://me:s3cret@db.lan/optuna")
+    page = write_report(_fake_study(n_complete=2), run).read_text()
+    assert "s3cret" not in page and "me:***@db.lan" in page
+
+
+def test_run_settings_are_recorded_for_a_later_report(study_run: Path, fake_data_dir: Path) -> None:
+    study = optuna.load_study(
+        study_name="fmnist-mlp", storage=f"sqlite:///{study_run / 'study.db'}"
+    )
+    run = run_from_study(study, "sqlite:///x.db", study_run)
+    assert run.data_dir == fake_data_dir.resolve() and run.val_size == VAL_SIZE
+    assert (run.sampler, run.pruner, run.max_epochs) == ("tpe", "median", 2)
+
+
+def test_report_script_rebuilds_the_report_from_storage(study_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "again"
+    storage = f"sqlite:///{study_run / 'study.db'}"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "report.py"), "--storage", storage,
+         "--study-name", "fmnist-mlp", "--output-dir", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    page = _page(out)
+    assert 'id="best-trial"' in page and 'id="confusion-matrix"' in page  # checkpoint re-read
+    assert (out / "plots" / "slice.png").is_file()
+
+
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_report_script_names_a_missing_study_in_one_line(
+    study_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage = f"sqlite:///{study_run / 'study.db'}"
+    assert _script("report").main(["--storage", storage, "--study-name", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'nope'" in err[0] and "fmnist-mlp" in err[0]
+
+
+def test_log_line_shows_progress_best_pruned_and_time_left(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    study = _fake_study(n_complete=2, n_pruned=1)
+    with caplog.at_level(logging.INFO, logger="fmnist_tuning.study"):
+        log_trial(study, study.trials[-1], n_trials=6)
+    (line,) = caplog.messages
+    assert line.startswith("[3/6] trial 2 PRUNED")
+    assert f"best={study.best_value:.4f} (trial {study.best_trial.number})" in line
+    assert "pruned 1" in line and line.endswith(" left") and "\n" not in line
+
+
+# ------------------------------------------------------------------------------------------------
+# Headless Chromium (Debian package "chromium"); skipped where it is not installed
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium not installed (apt-get install chromium)"
+)
+
+
+def _render(page: Path) -> tuple[str, str]:
+    """The DOM after the page's scripts ran, and Chromium's log (console messages included)."""
+    assert CHROMIUM is not None
+    proc = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+         "--v=0", "--virtual-time-budget=10000", "--dump-dom", page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout, proc.stderr
+
+
+def _script_errors(dom: str) -> str:
+    match = re.search(r'<pre id="script-errors"[^>]*>(.*?)</pre>', dom, re.S)
+    assert match, "the error box is missing"
+    return match.group(1).strip()
+
+
+@needs_chromium
+def test_chromium_renders_the_report_without_script_errors(study_run: Path) -> None:
+    dom, log = _render(study_run / REPORT_FILE)
+    assert 'data-report-ready="1"' in dom  # every inline script ran to the end
+    assert _script_errors(dom) == ""
+    assert "Uncaught" not in log
+    assert 'id="best-trial"' in dom
+    assert dom.count('class="main-svg"') >= len(PLOT_NAMES)  # plotly drew every figure
+
+
+@needs_chromium
+def test_chromium_check_catches_a_script_error(tmp_path: Path) -> None:
+    page = tmp_path / "broken.html"
+    page.write_text(
+        f"<html><head><script>{_ERROR_JS}</script></head><body>"
+        '<pre id="script-errors" hidden></pre><script>undefinedFunction();</script></body></html>'
+    )
+    dom, _ = _render(page)
+    assert "undefinedFunction" in _script_errors(dom)
