@@ -1,22 +1,33 @@
 """Command line: flags → :class:`RunConfig` → study → ``best.json``.
 
-Exit codes: 0 success, 1 no trial completed, 2 bad input (flags, data files, storage).
+Exit codes: 0 success, 1 no trial completed (or a worker died before the study was done), 2 bad
+input (flags, data files, storage, an incompatible stored study), 130 / 143 interrupted by SIGINT /
+SIGTERM (the running trials are FAIL; rerun the same command to resume).
+
+``python -m fmnist_tuning.cli --worker`` is one of the processes of ``--workers N``.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from types import FrameType
+from typing import Any, NoReturn
 
 from fmnist_tuning.config import RunConfig, default_data_dir
 
 log = logging.getLogger("fmnist_tuning")
 
 EXIT_OK, EXIT_NO_RESULT, EXIT_USAGE = 0, 1, 2
+WORKER_FLAG = "--worker"  # internal: this process is one of the workers of --workers N
+WORKER_COMMAND = [sys.executable, "-m", "fmnist_tuning.cli", WORKER_FLAG]
+# What --workers auto means: one process per machine until measured otherwise.
+AUTO_WORKERS = 1
 
 
 class UsageError(Exception):
@@ -48,13 +59,40 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _workers(text: str) -> int:
+    return AUTO_WORKERS if text == "auto" else _positive_int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``fmnist-tune`` / ``scripts/tune.py`` flags."""
     d = RunConfig()
     p = _Parser(prog="fmnist-tune", description="Tune an MLP on Fashion-MNIST with Optuna.")
     p.add_argument("--study-name", default=d.study_name, help="study name (default %(default)s)")
     p.add_argument("--output-dir", type=Path, help="default runs/<study-name>")
-    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///<output-dir>/study.db)")
+    p.add_argument(
+        "--storage",
+        help="SQLAlchemy URL (e.g. postgresql+psycopg://user@host/db) or journal:PATH "
+        "(default sqlite:///<output-dir>/study.db)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=d.workers,
+        help="worker processes on this machine, or auto (default %(default)s)",
+    )
+    p.add_argument(
+        "--heartbeat-interval",
+        type=_positive_int,
+        default=d.heartbeat_interval,
+        metavar="SECONDS",
+        help="a running trial's heartbeat, SQL storages (default %(default)s)",
+    )
+    p.add_argument(
+        "--grace-period",
+        type=_positive_int,
+        metavar="SECONDS",
+        help="without heartbeat for this long a trial is FAIL and retried (default 3 heartbeats)",
+    )
     p.add_argument("--data-dir", type=Path, help="default $FMNIST_DATA_DIR, else ./data")
     p.add_argument("--n-trials", type=_positive_int, default=d.n_trials, help="study total")
     p.add_argument("--timeout", type=_positive_float, help="seconds; no new trial after it")
@@ -89,6 +127,11 @@ def parse_config(argv: Sequence[str] | None = None) -> RunConfig:
         UsageError: A flag is malformed or names something that cannot work here.
     """
     args = build_parser().parse_args(argv)
+    if args.grace_period is not None and args.grace_period <= args.heartbeat_interval:
+        raise UsageError(
+            f"--grace-period {args.grace_period} must exceed --heartbeat-interval "
+            f"{args.heartbeat_interval}, or live trials would be failed"
+        )
     if args.accelerator == "gpu":
         import torch
 
@@ -112,15 +155,22 @@ def parse_config(argv: Sequence[str] | None = None) -> RunConfig:
         early_stopping=args.early_stopping,
         val_size=args.val_size,
         progress=args.progress == "epoch",
+        workers=args.workers,
+        heartbeat_interval=args.heartbeat_interval,
+        grace_period=args.grace_period,
     )
 
 
-def configure_logging() -> None:
-    """Our one line per trial on stderr; Lightning's device banners and Optuna's echo off."""
+def configure_logging(prefix: str = "") -> None:
+    """Our one line per trial on stderr; Lightning's device banners and Optuna's echo off.
+
+    Args:
+        prefix: Starts every line (e.g. the worker's number).
+    """
     import optuna
 
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(message)s", "%H:%M:%S"))
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
     log.propagate = False
@@ -131,14 +181,29 @@ def configure_logging() -> None:
 
 def run(config: RunConfig) -> int:
     """Validates data and storage, runs the study, writes ``best.json``; returns the exit code."""
-    from fmnist_tuning import data, study
+    from fmnist_tuning import data, parallel, report, study
+    from fmnist_tuning.faults import Interrupted, catch_signals
 
-    data.download(config.data_dir)  # no-op when the files are there
-    data.load_raw(config.data_dir)  # decode and validate now: bad files fail before any output
-    the_study = study.load_or_create(config)
-    config.output_dir.mkdir(parents=True, exist_ok=True)
-    study.optimize(the_study, config)
-    result = study.finalize(the_study, config)
+    workers = parallel.Workers(WORKER_COMMAND)
+    the_study = None
+    with catch_signals(on_signal=workers.forward):
+        try:
+            data.download(config.data_dir)  # no-op when the files are there
+            data.load_raw(config.data_dir)  # decode and validate now: bad files fail before output
+            the_study = study.load_or_create(config)
+            config.output_dir.mkdir(parents=True, exist_ok=True)
+            failed = any(workers.run(the_study, config))
+            if failed and not study.reached_total(the_study, config):
+                log.error("%s; rerun the same command to resume", study.summarize(the_study))
+                return EXIT_NO_RESULT
+            result = study.finalize(the_study, config)
+            report.report_study(
+                the_study, config
+            )  # plots/ and report.html, also for an unfinished study
+        except Interrupted as err:
+            so_far = study.summarize(the_study) if the_study is not None else "no trial ran"
+            log.warning("%s: %s; rerun the same command to resume", err.reason, so_far)
+            return err.exit_code
     if result is None:
         log.error("no trial completed: nothing to report; run more trials or relax pruning")
         return EXIT_NO_RESULT
@@ -152,15 +217,43 @@ def run(config: RunConfig) -> int:
     return EXIT_OK
 
 
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # before any trial runs: just leave, quietly
+
+
+def _worker() -> int:
+    """One process of ``--workers N``: its job arrives as JSON on stdin."""
+    from fmnist_tuning import parallel
+
+    job = parallel.Job.from_json(sys.stdin.read())
+    configure_logging(prefix=f"[worker {job.slot}] ")
+    return parallel.work(job)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fmnist-tune`` and ``scripts/tune.py``."""
-    from fmnist_tuning.data import DataError
-    from fmnist_tuning.study import StudyError
-
+    args = sys.argv[1:] if argv is None else list(argv)
+    previous: dict[signal.Signals, Callable[..., Any] | int | None] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):  # until run() takes over (imports: seconds)
+            previous[signum] = signal.signal(signum, _exit_on_signal)
     try:
-        config = parse_config(argv)
-        configure_logging()
-        return run(config)
-    except (UsageError, DataError, StudyError) as err:
-        print(f"fmnist-tune: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        if args == [WORKER_FLAG]:
+            return _worker()
+        from fmnist_tuning.data import DataError
+        from fmnist_tuning.study import StudyError
+
+        try:
+            config = parse_config(args)
+            configure_logging()
+            return run(config)
+        except (UsageError, DataError, StudyError) as err:
+            print(f"fmnist-tune: error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import signal
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -14,10 +15,12 @@ import optuna
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from optuna_integration import PyTorchLightningPruningCallback
 
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.data import FashionMNISTDataModule
+from fmnist_tuning.faults import FAIL_REASON, Interrupted, TrialFailure, TrialGuard, received_signal
 from fmnist_tuning.model import TEST_ACC, VAL_ACC, FashionMNISTClassifier
 from fmnist_tuning.search_space import TrialConfig, suggest_config
 
@@ -139,6 +142,7 @@ class Objective:
             enable_version_counter=False,
         )
         callbacks: list[Callback] = [
+            TrialGuard(),  # a signal or a non-finite loss ends the trial at the next batch
             history,
             # Reports every epoch (the intermediate values plot needs them); prunes per the pruner.
             PyTorchLightningPruningCallback(trial, monitor=VAL_ACC),
@@ -154,11 +158,22 @@ class Objective:
         trainer = build_trainer(run, callbacks, logger, **self.trainer_overrides)
         module = build_module(config, run)
         start = time.perf_counter()
+        out_of_memory = ""
         try:
             trainer.fit(module, datamodule=self.make_datamodule(config, run))
         except optuna.TrialPruned:
             Path(checkpoint.best_model_path or "").unlink(missing_ok=True)
             raise
+        except (TrialFailure, SystemExit) as err:
+            # Lightning turns Ctrl-C into sys.exit(1) and SIGTERM into SIGTERMException.
+            default = signal.SIGTERM if isinstance(err, SIGTERMException) else signal.SIGINT
+            failure = (
+                err if isinstance(err, TrialFailure) else Interrupted(received_signal() or default)
+            )
+            trial.set_user_attr(FAIL_REASON, failure.reason)
+            raise failure from None
+        except torch.cuda.OutOfMemoryError as err:  # pruned below, once the memory is freed
+            out_of_memory = str(err).strip()[:300] or "CUDA out of memory"
         finally:
             trial.set_user_attr("epochs", len(history.values))
             trial.set_user_attr("train_seconds", round(time.perf_counter() - start, 3))
@@ -166,6 +181,10 @@ class Objective:
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+        if out_of_memory:
+            Path(checkpoint.best_model_path or "").unlink(missing_ok=True)
+            trial.set_user_attr(FAIL_REASON, out_of_memory)
+            raise optuna.TrialPruned(out_of_memory)
         trial.set_user_attr("checkpoint", str(Path(checkpoint.best_model_path).resolve()))
         return history.best
 

@@ -1,0 +1,173 @@
+"""What ends a trial early without ending the study: interrupts, non-finite losses.
+
+Lightning turns Ctrl-C inside ``trainer.fit`` into ``sys.exit(1)`` and SIGTERM into a ``SystemExit``
+subclass, and Optuna catches neither, so by default an interrupted trial stays RUNNING in the
+storage forever. Here SIGINT and SIGTERM only set a flag while a study runs; :class:`TrialGuard`
+turns the flag into :class:`Interrupted` at the next batch, an ordinary exception that Optuna
+records as a FAIL before it re-raises it. A second signal interrupts at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+FAIL_REASON = "fail_reason"  # user attribute of a trial that failed (or was pruned) for a reason
+
+
+class TrialFailure(Exception):
+    """Ends the running trial; ``reason`` is recorded in its ``fail_reason`` user attribute."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NonFiniteLoss(TrialFailure):
+    """The training loss became NaN or infinite: the trial fails, the study goes on."""
+
+
+class Interrupted(TrialFailure):
+    """SIGINT or SIGTERM: the trial fails and the study stops.
+
+    Args:
+        signum: The signal received.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """The shell convention: 128 + the signal number (130 for SIGINT, 143 for SIGTERM)."""
+        return 128 + self.signum
+
+
+class _State:
+    signum: int | None = None  # the first signal received inside catch_signals()
+    count = 0  # signals received inside catch_signals()
+    deferring = False  # inside defer_interrupts(): record, and let safe points raise
+
+
+def received_signal() -> int | None:
+    """The first SIGINT/SIGTERM received inside :func:`catch_signals`, if any."""
+    return _State.signum
+
+
+def raise_if_interrupted() -> None:
+    """Raises :class:`Interrupted` when a signal arrived; a safe point between two steps."""
+    if _State.signum is not None:
+        raise Interrupted(_State.signum)
+
+
+@contextmanager
+def catch_signals(on_signal: Callable[[int], None] | None = None) -> Iterator[None]:
+    """Handles SIGINT and SIGTERM inside the block; the previous handlers come back after it.
+
+    A signal is recorded and passed to ``on_signal`` (e.g. to forward it to worker processes).
+    Inside :func:`defer_interrupts` the first one only sets the flag; otherwise, and for any
+    second signal, the handler raises :class:`Interrupted` where the program is.
+
+    Args:
+        on_signal: Called with the signal number from the handler.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        _State.count += 1
+        if _State.signum is None:
+            _State.signum = signum
+        if on_signal is not None:
+            on_signal(signum)
+        if not _State.deferring or _State.count > 1:
+            raise Interrupted(signum)
+
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    _State.signum, _State.count, _State.deferring = None, 0, False
+    for s in SIGNALS:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+        _State.signum, _State.count, _State.deferring = None, 0, False
+
+
+@contextmanager
+def defer_interrupts() -> Iterator[None]:
+    """Inside the block a first signal only sets the flag, so that no storage write is cut short.
+
+    The code inside must call :func:`raise_if_interrupted` (or run :class:`TrialGuard`) often.
+    """
+    before = _State.deferring
+    _State.deferring = True
+    try:
+        yield
+    finally:
+        _State.deferring = before
+
+
+class TrialGuard(Callback):
+    """Stops a trial at the next batch on a signal, and fails it when the loss is not finite.
+
+    The loss check stays on the device (one flag per epoch, read before validation), so it adds no
+    synchronisation per step; Lightning's ``detect_anomaly`` would slow every step instead.
+    """
+
+    def __init__(self) -> None:
+        self._finite: torch.Tensor | None = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finite = None
+        raise_if_interrupted()
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if isinstance(loss, torch.Tensor):
+            finite = torch.isfinite(loss.detach()).all()
+            self._finite = finite if self._finite is None else self._finite & finite
+        raise_if_interrupted()
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_loss(trainer)  # before the epoch's accuracy reaches pruning or checkpoints
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_loss(trainer)
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        raise_if_interrupted()
+
+    def _check_loss(self, trainer: pl.Trainer) -> None:
+        if self._finite is not None and not bool(self._finite):
+            raise NonFiniteLoss(
+                f"non-finite training loss (NaN or inf) in epoch {trainer.current_epoch}; "
+                "the learning rate is probably too high"
+            )

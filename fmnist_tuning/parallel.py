@@ -1,0 +1,174 @@
+"""Worker processes: ``--workers N`` runs N trial loops on this machine against one study.
+
+The parent creates (or resumes) the study, numbers the workers, starts each as a new process
+(``python -m fmnist_tuning.cli --worker``, its :class:`RunConfig` arriving as JSON on stdin so that
+no storage password shows in ``ps``), forwards SIGINT/SIGTERM to them, and waits. Each worker runs
+:func:`fmnist_tuning.study.optimize` with its own sampler seed and ``cores // N`` torch threads;
+that function keeps the study-wide trial count exact. Workers run in their own sessions, so a
+Ctrl-C in the terminal reaches the parent only, and reaches each worker exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from fmnist_tuning.config import RunConfig
+from fmnist_tuning.faults import (
+    Interrupted,
+    catch_signals,
+    defer_interrupts,
+    raise_if_interrupted,
+    received_signal,
+)
+from fmnist_tuning.study import (
+    StudyError,
+    load_or_create,
+    make_sampler,
+    optimize,
+    reserve_worker_slots,
+)
+
+log = logging.getLogger(__name__)
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def config_to_json(config: RunConfig) -> str:
+    """The config as JSON (paths as strings), for a worker's stdin."""
+    return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()})
+
+
+def config_from_json(text: str) -> RunConfig:
+    """Inverse of :func:`config_to_json`."""
+    raw: dict[str, Any] = json.loads(text)
+    paths = {f.name for f in fields(RunConfig) if f.type in ("Path", Path)}
+    values: dict[str, Any] = {k: Path(v) if k in paths else v for k, v in raw.items()}
+    return RunConfig(**values)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a worker process receives on stdin."""
+
+    config: RunConfig
+    slot: int  # this worker's number in the study: its sampler seed is config.seed + slot
+    workers: int  # worker processes started together on this machine
+    parent: int  # pid of the parent; the worker stops once it is gone
+
+    def to_json(self) -> str:
+        """For the worker's stdin."""
+        job = {"config": json.loads(config_to_json(self.config)), "slot": self.slot}
+        return json.dumps({**job, "workers": self.workers, "parent": self.parent})
+
+    @classmethod
+    def from_json(cls, text: str) -> Job:
+        """Inverse of :meth:`to_json`."""
+        raw = json.loads(text)
+        config = config_from_json(json.dumps(raw.pop("config")))
+        return cls(config=config, **raw)
+
+
+def work(job: Job) -> int:
+    """The body of a worker process; returns its exit code.
+
+    0 when the study is done, 128 + the signal number when interrupted, 2 when the storage cannot
+    be used.
+    """
+    import torch
+
+    torch.set_num_threads(max(1, cpu_cores() // job.workers))
+    with catch_signals():
+        try:
+            study = load_or_create(job.config, slot=job.slot)
+            optimize(study, job.config, parent_pid=job.parent)
+        except Interrupted as err:
+            log.info("worker %d: %s", job.slot, err.reason)
+            return err.exit_code
+        except StudyError as err:
+            log.error("worker %d: %s", job.slot, err)
+            return 2
+    return 0
+
+
+class Workers:
+    """The worker processes of this run, and the forwarding of signals to them.
+
+    Args:
+        command: Runs one worker: reads a :class:`Job` as JSON on stdin, exits with its code.
+    """
+
+    def __init__(self, command: Sequence[str]) -> None:
+        self.command = list(command)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._signalled: set[int] = set()  # pids that got the first forwarded signal
+
+    def forward(self, signum: int) -> None:
+        """Passes a signal on to every worker still running (safe inside a signal handler)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+                self._signalled.add(proc.pid)
+
+    def run(self, study: optuna.Study, config: RunConfig) -> list[int]:
+        """Runs the study's trials with ``config.workers`` processes, or in this one if 1.
+
+        Call inside :func:`fmnist_tuning.faults.catch_signals` with ``on_signal=self.forward``.
+
+        Returns:
+            The exit code of each worker process (``-9``: killed by SIGKILL); empty when the trials
+            ran in this process.
+
+        Raises:
+            Interrupted: This process received SIGINT or SIGTERM (after the workers ended).
+        """
+        first = reserve_worker_slots(study, config.workers)
+        if config.workers == 1:
+            study.sampler = make_sampler(config.sampler, config.seed + first)
+            optimize(study, config)
+            return []
+        log.info("starting %d worker processes (sampler seeds %d…)", config.workers, first)
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        with defer_interrupts():  # a signal is forwarded; the workers fail their trials, then end
+            for slot in range(first, first + config.workers):
+                if received_signal() is not None:
+                    break  # interrupted while starting: start no more
+                job = Job(config, slot, config.workers, os.getpid())
+                proc = subprocess.Popen(
+                    self.command, stdin=subprocess.PIPE, env=env, start_new_session=True
+                )
+                self.procs.append(proc)
+                assert proc.stdin is not None
+                proc.stdin.write(job.to_json().encode())
+                proc.stdin.close()
+            if (signum := received_signal()) is not None:  # arrived while a worker was starting
+                for proc in self.procs:
+                    if proc.pid not in self._signalled and proc.poll() is None:
+                        proc.send_signal(signum)
+            while any(proc.poll() is None for proc in self.procs):
+                time.sleep(0.1)
+        codes = [proc.returncode for proc in self.procs]
+        for slot, code in enumerate(codes, start=first):
+            if code != 0:
+                how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+                log.warning("worker %d ended abnormally (%s)", slot, how)
+        raise_if_interrupted()
+        return codes
