@@ -18,6 +18,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +250,33 @@ def make_splits(
     )
 
 
+def augment(x: torch.Tensor, flip: bool, shift: int, background: float) -> torch.Tensor:
+    """Random horizontal flips and shifts of up to ``shift`` pixels, per image, on x's device.
+
+    Args:
+        x: A batch of flattened normalised images (B, 784).
+        flip: Mirror each image left-right with probability 1/2 (garments are near-symmetric).
+        shift: Largest translation in pixels along each axis; the border is filled with
+            ``background`` (the normalised value of a black pixel).
+        background: Fill value for pixels shifted in from outside.
+    """
+    if not flip and shift == 0:
+        return x
+    b, side = x.shape[0], IMAGE_SIDE
+    img = x.view(b, side, side)
+    if flip:
+        mirrored = torch.rand(b, device=x.device) < 0.5
+        img = torch.where(mirrored[:, None, None], img.flip(-1), img)
+    if shift:
+        padded = F.pad(img, (shift, shift, shift, shift), value=background)
+        ar = torch.arange(side, device=x.device)
+        dy = torch.randint(0, 2 * shift + 1, (b, 1), device=x.device) + ar  # (B, 28) rows
+        dx = torch.randint(0, 2 * shift + 1, (b, 1), device=x.device) + ar  # (B, 28) cols
+        batch = torch.arange(b, device=x.device)[:, None, None]
+        img = padded[batch, dy[:, :, None], dx[:, None, :]]
+    return img.reshape(b, -1)
+
+
 def normalise(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     """uint8 pixels → float32 standardised with the given (training) mean and std."""
     return images.float().div_(255).sub_(mean).div_(std)
@@ -264,6 +292,8 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         val_size: Images of the official training set held out for validation.
         seed: Seed of the train/val split and of the per-epoch shuffles.
         eval_batch_size: Batch size for validation and test (no gradients, so larger is faster).
+        flip: Random horizontal flips of training batches (on the device, after transfer).
+        shift: Random shifts of training images by up to this many pixels.
     """
 
     def __init__(
@@ -273,8 +303,12 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         val_size: int = 5_000,
         seed: int = 0,
         eval_batch_size: int = 5_000,
+        flip: bool = False,
+        shift: int = 0,
     ) -> None:
         super().__init__()
+        self.flip = flip
+        self.shift = shift
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
         self.val_size = val_size
@@ -324,6 +358,17 @@ class FashionMNISTDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> TensorBatches:
         assert self.test_x is not None and self.test_y is not None, "call setup('test') first"
         return TensorBatches(self.test_x, self.test_y, self.eval_batch_size)
+
+    def on_after_batch_transfer(
+        self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augments training batches only; validation and test images stay as they are."""
+        trainer = self.trainer
+        if trainer is None or not trainer.training or self.splits is None:
+            return batch
+        x, y = batch
+        black = -self.splits.mean / self.splits.std
+        return augment(x, self.flip, self.shift, black), y
 
     def teardown(self, stage: str | None = None) -> None:
         """Drops this module's references; the process-wide cache keeps the shared tensors."""

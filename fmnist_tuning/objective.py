@@ -97,7 +97,12 @@ def build_module(config: TrialConfig, run: RunConfig) -> FashionMNISTClassifier:
 def build_datamodule(config: TrialConfig, run: RunConfig) -> FashionMNISTDataModule:
     """The DataModule for ``config`` (the data tensors themselves are shared process-wide)."""
     return FashionMNISTDataModule(
-        run.data_dir, batch_size=config.batch_size, val_size=run.val_size, seed=run.seed
+        run.data_dir,
+        batch_size=config.batch_size,
+        val_size=run.val_size,
+        seed=run.seed,
+        flip=config.flip,
+        shift=config.shift,
     )
 
 

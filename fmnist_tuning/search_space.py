@@ -74,11 +74,14 @@ class TrialConfig:
     batch_size: int = 128  # training batch size
     label_smoothing: float = 0.0  # fixed, not searched: see README
     scheduler: str = "none"  # learning-rate schedule over max_epochs (none, onecycle, cosine)
+    flip: bool = False  # random horizontal flips of training images
+    shift: int = 0  # random shifts of training images, in pixels
 
     def model_kwargs(self) -> dict[str, Any]:
         """Arguments of :class:`fmnist_tuning.model.FashionMNISTClassifier` (less ``max_epochs``)."""
         kwargs = asdict(self)
-        kwargs.pop("batch_size")
+        for data_only in ("batch_size", "flip", "shift"):
+            kwargs.pop(data_only)
         kwargs["hidden_sizes"] = list(self.hidden_sizes)
         return kwargs
 
