@@ -177,6 +177,23 @@ def configure_logging(prefix: str = "") -> None:
     for noisy in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trial_loop = logging.getLogger("optuna.study._optimize")
+    trial_loop.filters[:] = [_HandledFailures()]
+
+
+class _HandledFailures(logging.Filter):
+    """Drops Optuna's traceback for a trial that failed for a known reason (NaN loss, a signal).
+
+    Our own line for the trial says FAIL, and its ``fail_reason`` attribute says why.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from fmnist_tuning.faults import Interrupted, TrialFailure
+
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(
+            error, (TrialFailure, Interrupted)
+        ) and "failed with value None" not in str(record.msg)
 
 
 def run(config: RunConfig) -> int:
@@ -197,9 +214,7 @@ def run(config: RunConfig) -> int:
                 log.error("%s; rerun the same command to resume", study.summarize(the_study))
                 return EXIT_NO_RESULT
             result = study.finalize(the_study, config)
-            report.report_study(
-                the_study, config
-            )  # plots/ and report.html, also for an unfinished study
+            report.report_study(the_study, config)  # plots/, report.html (even with no best)
         except Interrupted as err:
             so_far = study.summarize(the_study) if the_study is not None else "no trial ran"
             log.warning("%s: %s; rerun the same command to resume", err.reason, so_far)

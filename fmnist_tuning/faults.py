@@ -3,8 +3,9 @@
 Lightning turns Ctrl-C inside ``trainer.fit`` into ``sys.exit(1)`` and SIGTERM into a ``SystemExit``
 subclass, and Optuna catches neither, so by default an interrupted trial stays RUNNING in the
 storage forever. Here SIGINT and SIGTERM only set a flag while a study runs; :class:`TrialGuard`
-turns the flag into :class:`Interrupted` at the next batch, an ordinary exception that Optuna
-records as a FAIL before it re-raises it. A second signal interrupts at once.
+turns the flag into :class:`Interrupted` at the next batch, a ``KeyboardInterrupt`` that Optuna
+records as a FAIL before it re-raises it (and that no ``except Exception`` swallows). A second
+signal interrupts at once.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class NonFiniteLoss(TrialFailure):
     """The training loss became NaN or infinite: the trial fails, the study goes on."""
 
 
-class Interrupted(TrialFailure):
+class Interrupted(KeyboardInterrupt):
     """SIGINT or SIGTERM: the trial fails and the study stops.
 
     Args:
@@ -44,7 +45,8 @@ class Interrupted(TrialFailure):
     """
 
     def __init__(self, signum: int) -> None:
-        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.reason = f"interrupted by {signal.Signals(signum).name}"
+        super().__init__(self.reason)
         self.signum = signum
 
     @property

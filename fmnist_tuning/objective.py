@@ -169,11 +169,13 @@ class Objective:
         except optuna.TrialPruned:
             Path(checkpoint.best_model_path or "").unlink(missing_ok=True)
             raise
-        except (TrialFailure, SystemExit) as err:
+        except (TrialFailure, Interrupted, SystemExit) as err:
             # Lightning turns Ctrl-C into sys.exit(1) and SIGTERM into SIGTERMException.
             default = signal.SIGTERM if isinstance(err, SIGTERMException) else signal.SIGINT
             failure = (
-                err if isinstance(err, TrialFailure) else Interrupted(received_signal() or default)
+                err
+                if isinstance(err, (TrialFailure, Interrupted))
+                else Interrupted(received_signal() or default)
             )
             trial.set_user_attr(FAIL_REASON, failure.reason)
             raise failure from None

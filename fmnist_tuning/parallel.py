@@ -99,10 +99,10 @@ def work(job: Job) -> int:
             study = load_or_create(job.config, slot=job.slot)
             optimize(study, job.config, parent_pid=job.parent)
         except Interrupted as err:
-            log.info("worker %d: %s", job.slot, err.reason)
+            log.info("%s", err.reason)
             return err.exit_code
         except StudyError as err:
-            log.error("worker %d: %s", job.slot, err)
+            log.error("%s", err)
             return 2
     return 0
 
@@ -167,7 +167,7 @@ class Workers:
                 time.sleep(0.1)
         codes = [proc.returncode for proc in self.procs]
         for slot, code in enumerate(codes, start=first):
-            if code != 0:
+            if code != 0 and received_signal() is None:  # else they stopped as they were told
                 how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
                 log.warning("worker %d ended abnormally (%s)", slot, how)
         raise_if_interrupted()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.distributions import BaseDistribution, distribution_to_json
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
@@ -144,7 +145,14 @@ def open_storage(
                     optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
                 ),
             }
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **heartbeat)
+        for attempt in range(3):
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **heartbeat)
+            except sqlalchemy.exc.IntegrityError:  # another worker created the tables just now
+                if attempt == 2:
+                    raise
+                time.sleep(1.0)
+        raise AssertionError("unreachable")
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise StudyError(

@@ -1,0 +1,178 @@
+"""Faults that must not break a study: signals, NaN losses, CUDA OOM, stored studies that do not fit,
+bad storage URLs. Real processes and real signals."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from fmnist_tuning.cli import main
+from fmnist_tuning.config import RunConfig
+from fmnist_tuning.study import SEARCH_SPACE_ATTR, load_or_create, optimize
+from tests.processes import FINISHED, Tune, started, tune_args, wait_for
+
+GOOD = {
+    "n_layers": 1,
+    "n_units_l0": 64,
+    "dropout": 0.0,
+    "batch_norm": False,
+    "optimizer": "sgd",
+    "lr_sgd": 0.05,
+    "weight_decay": 1e-6,
+    "batch_size": 64,
+}
+# Far outside the search space (Optuna warns, and runs it): plain SGD on raw logits overflows to
+# inf, then NaN, within the first few steps.
+DIVERGING = {**GOOD, "lr_sgd": 1e6}
+
+
+@pytest.mark.parametrize(("signum", "workers"), [(signal.SIGINT, "1"), (signal.SIGTERM, "2")])
+def test_signal_mid_trial_fails_it_prints_the_summary_and_exits_128_plus_signal(
+    signum: signal.Signals, workers: str, fake_data_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    storage = f"sqlite:///{out / 'study.db'}"
+    args = tune_args(fake_data_dir, out, "--n-trials", "5", "--workers", workers)
+    args += ["--max-epochs", "300", "--early-stopping", "300", "--pruner", "none"]
+    tune = Tune(args, tmp_path / "tune.log")
+    wait_for(lambda: started(storage, "fmnist-mlp", min_epochs=1), 120, "a trial in training")
+    tune.proc.send_signal(signum)
+    assert tune.wait(timeout=60) == 128 + signum, tune.stderr
+
+    trials = optuna.load_study(study_name="fmnist-mlp", storage=storage).trials
+    assert not any(t.state == TrialState.RUNNING for t in trials)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed and all(
+        t.user_attrs["fail_reason"] == f"interrupted by {signum.name}" for t in failed
+    )
+    for t in trials:  # the workers are gone too
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(t.user_attrs["worker"].rsplit(":", 1)[1]), 0)
+    err = tune.stderr
+    assert f"interrupted by {signum.name}: study 'fmnist-mlp'" in err and "finished trials" in err
+    assert "rerun the same command to resume" in err
+    assert "Traceback" not in err and not (out / "best.json").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Fixed parameter lr_sgd.*out of range")
+def test_nan_loss_fails_the_trial_with_its_reason_and_the_study_goes_on(
+    run_config: RunConfig,
+) -> None:
+    run = dataclasses.replace(run_config, n_trials=2, max_epochs=1)
+    study = load_or_create(run)
+    study.enqueue_trial(DIVERGING)
+    study.enqueue_trial(GOOD)
+    optimize(study, run)
+    trials = study.trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert "non-finite training loss" in trials[0].user_attrs["fail_reason"]
+    assert not (run.output_dir / "checkpoints" / "trial_0000.ckpt").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU to run out of memory")
+def test_cuda_out_of_memory_prunes_the_trial_frees_memory_and_the_study_goes_on(
+    run_config: RunConfig,
+) -> None:
+    run = dataclasses.replace(run_config, n_trials=1, max_epochs=1, accelerator="gpu")
+    study = load_or_create(run)
+    study.enqueue_trial(GOOD)
+    warm = torch.randn(64, 64, device="cuda")
+    (warm @ warm).sum().item()  # CUDA context and cuBLAS exist before the memory is gone
+    filler, size = [], 1 << 30
+    while size >= 1 << 16:  # take every free block the allocator can get
+        try:
+            filler.append(torch.empty(size, dtype=torch.uint8, device="cuda"))
+        except torch.cuda.OutOfMemoryError:
+            size //= 2
+    baseline = torch.cuda.memory_allocated()
+    optimize(study, run)
+    assert torch.cuda.memory_allocated() <= baseline + (1 << 20)  # the trial's tensors are gone
+    del filler
+    torch.cuda.empty_cache()
+    optimize(study, dataclasses.replace(run, n_trials=2))
+    trials = study.trials
+    assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.COMPLETE]
+    assert "out of memory" in trials[0].user_attrs["fail_reason"]
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fmnist-tune: error:"), err
+    return err[0]
+
+
+def test_stored_study_with_another_direction_exits_2_with_one_line(
+    fake_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    optuna.create_study(storage=url, study_name="fmnist-mlp", direction="minimize")
+    out = tmp_path / "out"
+    assert main(tune_args(fake_data_dir, out, "--storage", url)) == 2
+    assert "minimize" in _one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_stored_study_with_another_search_space_exits_2_with_one_line(
+    fake_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    study = optuna.create_study(storage=url, study_name="fmnist-mlp", direction="maximize")
+    study.set_user_attr(SEARCH_SPACE_ATTR, "0123456789abcdef")
+    assert main(tune_args(fake_data_dir, tmp_path / "out", "--storage", url)) == 2
+    assert "another search space" in _one_line_error(capsys)
+
+
+def test_stored_trials_from_another_search_space_exit_2(
+    fake_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    study = optuna.create_study(storage=url, study_name="fmnist-mlp", direction="maximize")
+    study.add_trial(
+        optuna.create_trial(
+            params={"dropout": 0.7},
+            distributions={"dropout": optuna.distributions.FloatDistribution(0.0, 0.9)},
+            value=0.5,
+        )
+    )
+    assert main(tune_args(fake_data_dir, tmp_path / "out", "--storage", url)) == 2
+    assert "dropout" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "not-a-url",
+        "nosuchdialect://host/db",
+        "postgresql+psycopg://user:s3cret@127.0.0.1:1/nowhere",
+        "journal:/no/such/folder/study.log",
+    ],
+)
+def test_bad_storage_url_exits_2_with_one_line(
+    url: str, fake_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert main(tune_args(fake_data_dir, out, "--storage", url)) == 2
+    line = _one_line_error(capsys)
+    assert "cannot open storage" in line and "s3cret" not in line
+    assert not out.exists()
+
+
+def test_journal_storage_on_a_shared_file_runs_the_study(
+    fake_data_dir: Path, tmp_path: Path
+) -> None:
+    journal = tmp_path / "shared" / "study.log"
+    journal.parent.mkdir()
+    args = tune_args(fake_data_dir, tmp_path / "out", "--n-trials", "2")
+    assert main([*args, "--storage", f"journal:{journal}"]) == 0
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal))
+    )
+    trials = optuna.load_study(study_name="fmnist-mlp", storage=storage).trials
+    assert sum(t.state in FINISHED for t in trials) == 2

@@ -1,0 +1,101 @@
+"""Several worker processes on one study: the total is exact, storages hold, killed workers' trials
+are retried. Real processes, real signals, a real PostgreSQL server (skipped without one, except
+under CI)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from fmnist_tuning.cli import main
+from tests.processes import (
+    FINISHED,
+    Tune,
+    pg_study,
+    started,
+    tune_args,
+    wait_for,
+)
+
+
+def _assert_exact_total(storage: str, study_name: str, total: int, log: str) -> None:
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    states = [t.state for t in study.trials]
+    assert sum(s in FINISHED for s in states) == total, states
+    assert TrialState.RUNNING not in states and TrialState.FAIL not in states, states
+    assert "database is locked" not in log and "Traceback" not in log
+    workers = {t.user_attrs["worker"] for t in study.trials}
+    assert len(workers) >= 2, f"the trials ran in {workers}, not in several processes"
+    assert study.user_attrs["worker_slots"] == 4  # four sampler seeds: seed + 0 … seed + 3
+
+
+# The parent runs in this process (its imports are paid already); its 4 workers are processes.
+
+
+def test_four_workers_on_sqlite_run_exactly_the_total(
+    fake_data_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert main(tune_args(fake_data_dir, out, "--workers", "4", "--n-trials", "40")) == 0
+    _assert_exact_total(f"sqlite:///{out / 'study.db'}", "fmnist-mlp", 40, capfd.readouterr().err)
+    assert (out / "best.json").is_file()
+
+
+def test_four_workers_on_postgresql_run_exactly_the_total(
+    fake_data_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    with pg_study() as (url, name):
+        args = tune_args(fake_data_dir, tmp_path / "out", "--workers", "4", "--n-trials", "40")
+        assert main([*args, "--storage", url, "--study-name", name]) == 0
+        _assert_exact_total(url, name, 40, capfd.readouterr().err)
+
+
+def test_sigkilled_worker_trial_is_failed_and_retried_on_resume(
+    fake_data_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    storage = f"sqlite:///{out / 'study.db'}"
+    # Trials of 15 epochs (no early stop, no pruning) so that the kill lands inside one.
+    args = tune_args(fake_data_dir, out, "--n-trials", "3", "--pruner", "none")
+    args += ["--max-epochs", "15", "--early-stopping", "15"]
+    args += ["--heartbeat-interval", "1", "--grace-period", "2"]
+    worker = Tune(args, tmp_path / "killed.log")  # --workers 1: this process is the worker
+    victim: list[optuna.trial.FrozenTrial] = []
+
+    def a_second_trial_is_training() -> bool:
+        trial = started(storage, "fmnist-mlp", min_epochs=2)
+        victim[:] = [trial] if trial is not None and trial.number > 0 else []
+        return bool(victim)
+
+    wait_for(a_second_trial_is_training, 120, "trial 1 in its third epoch")
+    os.kill(worker.proc.pid, signal.SIGKILL)
+    assert worker.wait() == -signal.SIGKILL
+    zombie = victim[0]
+    before = optuna.load_study(study_name="fmnist-mlp", storage=storage).trials
+    assert before[zombie.number].state == TrialState.RUNNING  # nobody told the storage
+    complete_before = {t.number: t for t in before if t.state == TrialState.COMPLETE}
+    assert complete_before
+
+    assert main(args) == 0  # resume: the restarted worker fails the zombie and retries it
+    trials = optuna.load_study(study_name="fmnist-mlp", storage=storage).trials
+    assert trials[zombie.number].state == TrialState.FAIL
+    retries = [
+        t
+        for t in trials
+        if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == zombie.number
+    ]
+    assert len(retries) == 1 and retries[0].state in FINISHED
+    assert retries[0].params == zombie.params
+    for number, trial in complete_before.items():  # every earlier COMPLETE trial is intact
+        assert trials[number].state == TrialState.COMPLETE
+        assert trials[number].value == trial.value
+        assert trials[number].datetime_complete == trial.datetime_complete
+    assert sum(t.state in FINISHED for t in trials) == 3
+    assert not any(t.state == TrialState.RUNNING for t in trials)
+    assert "Traceback" not in worker.stderr + capfd.readouterr().err
