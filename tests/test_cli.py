@@ -11,7 +11,7 @@ import optuna
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fmnist_tuning.cli import main
+from fmnist_tuning.cli import AUTO_WORKERS, main, parse_config
 from tests.conftest import VAL_SIZE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,15 @@ def test_patience_stops_the_study(fake_data_dir: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "flags",
-    [["--n-trials", "0"], ["--sampler", "bayes"], ["--max-epochs", "x"], ["--bogus"]],
+    [
+        ["--n-trials", "0"],
+        ["--sampler", "bayes"],
+        ["--max-epochs", "x"],
+        ["--bogus"],
+        ["--workers", "0"],
+        ["--workers", "many"],
+        ["--heartbeat-interval", "10", "--grace-period", "5"],
+    ],
 )
 def test_bad_flags_exit_2_with_one_line(
     flags: list[str], fake_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -78,6 +86,13 @@ def test_bad_flags_exit_2_with_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fmnist-tune: error:")
     assert not (tmp_path / "out").exists()
+
+
+def test_workers_and_heartbeat_flags_reach_the_config() -> None:
+    assert parse_config([]).workers == 1
+    assert parse_config(["--workers", "auto"]).workers == AUTO_WORKERS
+    config = parse_config(["--workers", "3", "--heartbeat-interval", "2", "--grace-period", "5"])
+    assert (config.workers, config.heartbeat_interval, config.grace_period) == (3, 2, 5)
 
 
 def test_missing_data_file_exits_2_naming_it(
