@@ -399,6 +399,30 @@ def _fail_own_running_trials(study: optuna.Study) -> None:
                 study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
 
 
+def _fail_dead_local_trials(study: optuna.Study) -> None:
+    """Fails and queues again the RUNNING trials of this machine's processes that are gone.
+
+    For storages without heartbeats (journal files); other machines' dead trials stay RUNNING.
+    """
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = str(trial.user_attrs.get(WORKER_ATTR, ""))
+        name, _, pid = owner.rpartition(":")
+        if name != host or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or, rarely, its number was reused: then it waits)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        log.warning("trial %d: its worker %s is gone; FAIL, queued again", trial.number, owner)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        retry(study, study.get_trials(deepcopy=False)[trial.number])
+
+
 def _wait(seconds: float) -> None:
     """Sleeps, but wakes up for a signal."""
     deadline = time.monotonic() + seconds
@@ -450,12 +474,18 @@ def optimize(study: optuna.Study, run: RunConfig, parent_pid: int | None = None)
                         "no new best value in %d finished trials: stopping (--patience)", since
                     )
                     break
+                sampler = study.sampler
+                if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
+                    log.info("every point of the grid has been tried: stopping")
+                    break
                 if parent_pid is not None and os.getppid() != parent_pid:
                     log.warning("the process that started this worker is gone: stopping")
                     break
                 with claim:
                     if heartbeats:
                         optuna.storages.fail_stale_trials(study)  # killed workers' trials
+                    else:
+                        _fail_dead_local_trials(study)
                     states = Counter(t.state for t in study.get_trials(deepcopy=False))
                     finished = states[TrialState.COMPLETE] + states[TrialState.PRUNED]
                     running = states[TrialState.RUNNING]
