@@ -20,6 +20,7 @@ from fmnist_tuning import plots
 from fmnist_tuning.cli import main
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.data import CLASS_NAMES
+from fmnist_tuning.objective import build_datamodule, build_module, build_trainer
 from fmnist_tuning.report import (
     _ERROR_JS,
     REPORT_FILE,
@@ -27,7 +28,7 @@ from fmnist_tuning.report import (
     run_from_study,
     write_report,
 )
-from fmnist_tuning.search_space import suggest_config
+from fmnist_tuning.search_space import TrialConfig, suggest_config
 from fmnist_tuning.study import log_trial
 from tests.conftest import N_TEST, VAL_SIZE
 
@@ -124,6 +125,23 @@ def test_best_model_confusion_matrix_agrees_with_recorded_test_accuracy(
     assert all(true != pred for _, true, pred, _ in evaluation.confused)
     confidences = [p for *_, p in evaluation.confused]
     assert confidences == sorted(confidences, reverse=True)
+
+
+def test_a_poor_model_gets_a_grid_of_its_most_confident_mistakes(
+    run_config: RunConfig, tmp_path: Path
+) -> None:
+    config = TrialConfig(hidden_sizes=(16,))
+    trainer = build_trainer(run_config, max_steps=1, limit_val_batches=0)
+    trainer.fit(build_module(config, run_config), datamodule=build_datamodule(config, run_config))
+    trainer.save_checkpoint(tmp_path / "poor.ckpt")
+    evaluation = evaluate_best(tmp_path / "poor.ckpt", run_config, n_images=12)
+    assert evaluation.accuracy < 0.9 and len(evaluation.confused) == 12
+    assert all(true != pred for _, true, pred, _ in evaluation.confused)
+    confidences = [p for *_, p in evaluation.confused]
+    assert confidences == sorted(confidences, reverse=True)
+    for k, row in enumerate(evaluation.confusion):
+        assert evaluation.per_class[k] == pytest.approx(row[k] / sum(row))
+    assert evaluation.grid_png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_plots_that_cannot_be_drawn_are_skipped_with_a_reason(tmp_path: Path) -> None:
