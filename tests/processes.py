@@ -45,6 +45,15 @@ class Tune:
             cwd=log.parent,
         )
 
+    def __enter__(self) -> Tune:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:  # the test failed before the process ended: no leftovers
+            self.proc.kill()
+            self.proc.wait()
+        self._err.close()
+
     def wait(self, timeout: float = 240) -> int:
         try:
             return self.proc.wait(timeout=timeout)
@@ -66,12 +75,15 @@ def run_tune(args: list[str], log: Path, timeout: float = 240) -> tuple[int, str
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
-    """Polls ``condition`` every 0.1 s until it is true."""
+    """Polls ``condition`` every 0.2 s until it is true."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
+        time.sleep(0.2)
+
+
+_STORAGES: dict[str, optuna.storages.BaseStorage] = {}  # one connection pool per URL for polling
 
 
 def running_trials(storage: str, study_name: str) -> list[optuna.trial.FrozenTrial]:
@@ -79,8 +91,11 @@ def running_trials(storage: str, study_name: str) -> list[optuna.trial.FrozenTri
     if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///") :]).is_file():
         return []  # not created yet (and load_study must not create it)
     try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
+        if storage not in _STORAGES:
+            _STORAGES[storage] = optuna.storages.RDBStorage(storage)
+        study = optuna.load_study(study_name=study_name, storage=_STORAGES[storage])
     except Exception:  # not created yet, or its tables are being created right now
+        _STORAGES.pop(storage, None)
         return []
     return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 

@@ -41,10 +41,10 @@ def test_signal_mid_trial_fails_it_prints_the_summary_and_exits_128_plus_signal(
     storage = f"sqlite:///{out / 'study.db'}"
     args = tune_args(fake_data_dir, out, "--n-trials", "5", "--workers", workers)
     args += ["--max-epochs", "300", "--early-stopping", "300", "--pruner", "none"]
-    tune = Tune(args, tmp_path / "tune.log")
-    wait_for(lambda: started(storage, "fmnist-mlp", min_epochs=1), 120, "a trial in training")
-    tune.proc.send_signal(signum)
-    assert tune.wait(timeout=60) == 128 + signum, tune.stderr
+    with Tune(args, tmp_path / "tune.log") as tune:
+        wait_for(lambda: started(storage, "fmnist-mlp", min_epochs=1), 240, "a trial in training")
+        tune.proc.send_signal(signum)
+        assert tune.wait(timeout=60) == 128 + signum, tune.stderr
 
     trials = optuna.load_study(study_name="fmnist-mlp", storage=storage).trials
     assert not any(t.state == TrialState.RUNNING for t in trials)
