@@ -526,9 +526,12 @@ def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
         test_acc = float(cached["test_acc"])  # this trial was already evaluated: never twice
     else:
         if not checkpoint.is_file():
+            host = str(best.user_attrs.get(WORKER_ATTR, "")).rpartition(":")[0]
+            where = f" (host {host})" if host and host != socket.gethostname() else ""
             raise StudyError(
-                f"the best trial's checkpoint {checkpoint} is missing; run the study again from "
-                "the machine and output dir that trained it"
+                f"the best trial's checkpoint {checkpoint} is missing; run the same command on the "
+                f"machine{where} and output dir that trained it, or give all machines one shared "
+                "--output-dir"
             )
         test_acc = evaluate_test(checkpoint, config, run)
         study.set_user_attr("test_acc", {"trial": best.number, "test_acc": test_acc})
