@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import struct
 import zlib
 from collections.abc import Iterator
@@ -94,24 +95,26 @@ def find_files(data_dir: str | Path) -> dict[str, Path] | None:
 
 def _read_idx(path: Path, ndim: int) -> torch.Tensor:
     fix = "replace it with an intact copy of the original file or pass another --data-dir"
+    header_size = 4 + 4 * ndim
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path) as f:
-                raw = f.read()
-        else:
-            raw = path.read_bytes()
+        with gzip.open(path) if path.suffix == ".gz" else path.open("rb") as f:
+            header = f.read(header_size)
+            if len(header) < header_size:
+                raise DataError(f"{path} is corrupt (only {len(header)} bytes); {fix}")
+            magic, *dims = struct.unpack(f">{1 + ndim}I", header)
+            if magic != _IDX_MAGIC[ndim]:
+                raise DataError(
+                    f"{path} is not a {ndim}-D IDX uint8 file (magic {magic:#010x}); {fix}"
+                )
+            payload = bytearray(math.prod(dims))  # decompressed straight into the tensor's memory
+            got = f.readinto(payload)
+            extra = len(f.read(1))
     except (OSError, EOFError, zlib.error) as err:
         raise DataError(f"{path} is corrupt ({err}); {fix}") from None
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path} is corrupt (only {len(raw)} bytes); {fix}")
-    magic, *dims = struct.unpack(f">{1 + ndim}I", raw[:header])
-    if magic != _IDX_MAGIC[ndim]:
-        raise DataError(f"{path} is not a {ndim}-D IDX uint8 file (magic {magic:#010x}); {fix}")
-    expected = header + int(torch.tensor(dims).prod())
-    if len(raw) != expected:
-        raise DataError(f"{path} is corrupt ({len(raw)} bytes, expected {expected}); {fix}")
-    return torch.frombuffer(bytearray(raw), dtype=torch.uint8, offset=header).view(*dims)
+    if got != len(payload) or extra:
+        expected = header_size + len(payload)
+        raise DataError(f"{path} is corrupt (expected {expected} bytes of IDX data); {fix}")
+    return torch.frombuffer(payload, dtype=torch.uint8).view(*dims)
 
 
 def _decode(files: dict[str, Path]) -> RawFashionMNIST:
@@ -169,58 +172,67 @@ def download(data_dir: str | Path) -> None:
 
 
 class TensorBatches:
-    """Mini-batches of a whole-split tensor pair by index slicing, with a seeded per-epoch shuffle.
+    """Mini-batches gathered by index from whole-split uint8 images, normalised on the fly.
+
+    The images stay uint8 on the device (a quarter of the memory of float32); each batch is one
+    index gather plus one fused normalisation, with a seeded permutation per epoch.
 
     Args:
-        x: Inputs, already on the target device.
-        y: Labels, on the same device.
+        images: All images of the split's source (N, 784), uint8, on the target device.
+        labels: Their labels (N,), on the same device.
+        indices: The rows of ``images`` that form this split, in order.
         batch_size: Samples per batch; the last batch may be smaller.
+        mean: Normalisation mean, in [0, 1] pixel units.
+        std: Normalisation standard deviation, in [0, 1] pixel units.
         shuffle: Draw a fresh permutation every epoch (seeded by ``seed`` and the epoch count).
         seed: Base seed of the permutations.
     """
 
     def __init__(
         self,
-        x: torch.Tensor,
-        y: torch.Tensor,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        indices: torch.Tensor,
         batch_size: int,
+        mean: float,
+        std: float,
         shuffle: bool = False,
         seed: int = 0,
     ) -> None:
-        self.x, self.y = x, y
+        self.images, self.labels, self.indices = images, labels, indices
         self.batch_size = batch_size
+        self.mean, self.std = mean, std
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
 
     def __len__(self) -> int:
-        return (len(self.y) + self.batch_size - 1) // self.batch_size
+        return (len(self.indices) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.y)
+        order = self.indices
         if self.shuffle:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(n, generator=gen).to(self.x.device)
+            perm = torch.randperm(len(order), generator=gen).to(order.device)
+            order = order[perm]
             self.epoch += 1
-            for start in range(0, n, self.batch_size):
-                idx = order[start : start + self.batch_size]
-                yield self.x[idx], self.y[idx]
-        else:
-            for start in range(0, n, self.batch_size):
-                yield (
-                    self.x[start : start + self.batch_size],
-                    self.y[start : start + self.batch_size],
-                )
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            yield normalise(self.images[idx], self.mean, self.std), self.labels[idx]
 
 
 @dataclass(frozen=True)
 class Splits:
-    """Normalised float32 splits on one device; shared by every trial of the process."""
+    """The official training set on one device, split by index; shared by every trial.
 
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
+    ``images``/``labels`` hold all 60,000 training images once (uint8); ``train_idx`` and
+    ``val_idx`` are the seeded split; ``mean``/``std`` are the training split's pixel statistics.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
     mean: float
     std: float
 
@@ -228,23 +240,34 @@ class Splits:
 _SPLITS: dict[tuple[tuple[Path, ...], int, int, str], Splits] = {}
 
 
+def pixel_stats(images: torch.Tensor, rows: torch.Tensor) -> tuple[float, float]:
+    """Mean and standard deviation of ``images[rows]`` in [0, 1] units, in chunks (no float copy)."""
+    total = squares = 0.0
+    for chunk in torch.split(rows, 2048):
+        px = images[chunk].double()
+        total += float(px.sum())
+        squares += float(px.square().sum())
+    n = rows.numel() * images.shape[1]
+    mean = total / n
+    var = max(squares / n - mean * mean, 0.0) * n / max(n - 1, 1)
+    return mean / 255, var**0.5 / 255
+
+
 def make_splits(
     raw: RawFashionMNIST, val_size: int, seed: int, device: torch.device | str = "cpu"
 ) -> Splits:
-    """Seeded train/val split of the official training set, normalised with the train-split stats."""
+    """Seeded train/val split of the official training set, with the train-split statistics."""
     n = raw.train_x.shape[0]
     if not 0 < val_size < n:
-        raise DataError(f"val_size must be between 1 and {n - 1}, got {val_size}")
+        raise DataError(f"--val-size {val_size} does not fit {n} training images; use 1 to {n - 1}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     train_idx, val_idx = order[val_size:], order[:val_size]
-    train_x = raw.train_x[train_idx].to(device)
-    pixels = train_x.float().div_(255)
-    mean, std = pixels.mean().item(), pixels.std().item()
+    mean, std = pixel_stats(raw.train_x, train_idx)
     return Splits(
-        train_x=pixels.sub_(mean).div_(std),
-        train_y=raw.train_y[train_idx].to(device),
-        val_x=normalise(raw.train_x[val_idx].to(device), mean, std),
-        val_y=raw.train_y[val_idx].to(device),
+        images=raw.train_x.to(device),
+        labels=raw.train_y.to(device),
+        train_idx=train_idx.to(device),
+        val_idx=val_idx.to(device),
         mean=mean,
         std=std,
     )
@@ -278,8 +301,8 @@ def augment(x: torch.Tensor, flip: bool, shift: int, background: float) -> torch
 
 
 def normalise(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """uint8 pixels → float32 standardised with the given (training) mean and std."""
-    return images.float().div_(255).sub_(mean).div_(std)
+    """uint8 pixels → float32 standardised with the given (training) mean and std in [0, 1] units."""
+    return images.float().sub_(255 * mean).div_(255 * std)
 
 
 class FashionMNISTDataModule(pl.LightningDataModule):
@@ -315,8 +338,9 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         self.seed = seed
         self.eval_batch_size = eval_batch_size
         self.splits: Splits | None = None
-        self.test_x: torch.Tensor | None = None
+        self.test_x: torch.Tensor | None = None  # official test images, uint8, in file order
         self.test_y: torch.Tensor | None = None
+        self._test_stats = (0.0, 1.0)
 
     def prepare_data(self) -> None:
         """Downloads the files when they are not on disk yet (one process, no state)."""
@@ -343,21 +367,28 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         if stage in (None, "test", "predict"):
             stats = self._shared_splits()  # the test set is normalised with the training stats
             raw = load_raw(self.data_dir)
-            self.test_x = normalise(raw.test_x.to(stats.train_x.device), stats.mean, stats.std)
-            self.test_y = raw.test_y.to(stats.train_x.device)
+            self.test_x = raw.test_x.to(stats.images.device)
+            self.test_y = raw.test_y.to(stats.images.device)
+            self._test_stats = (stats.mean, stats.std)
 
     def train_dataloader(self) -> TensorBatches:
         assert self.splits is not None, "call setup('fit') first"
         s = self.splits
-        return TensorBatches(s.train_x, s.train_y, self.batch_size, shuffle=True, seed=self.seed)
+        return TensorBatches(
+            s.images, s.labels, s.train_idx, self.batch_size, s.mean, s.std, True, self.seed
+        )
 
     def val_dataloader(self) -> TensorBatches:
         assert self.splits is not None, "call setup('fit') first"
-        return TensorBatches(self.splits.val_x, self.splits.val_y, self.eval_batch_size)
+        s = self.splits
+        return TensorBatches(s.images, s.labels, s.val_idx, self.eval_batch_size, s.mean, s.std)
 
     def test_dataloader(self) -> TensorBatches:
         assert self.test_x is not None and self.test_y is not None, "call setup('test') first"
-        return TensorBatches(self.test_x, self.test_y, self.eval_batch_size)
+        every = torch.arange(len(self.test_y), device=self.test_y.device)  # official order
+        return TensorBatches(
+            self.test_x, self.test_y, every, self.eval_batch_size, *self._test_stats
+        )
 
     def on_after_batch_transfer(
         self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int

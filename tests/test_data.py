@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fmnist_tuning import data
-from fmnist_tuning.data import DataError, FashionMNISTDataModule, TensorBatches
+from fmnist_tuning.data import DataError, FashionMNISTDataModule, TensorBatches, augment
 from tests.conftest import N_TEST, N_TRAIN, VAL_SIZE, synthetic_split
 
 
@@ -19,12 +19,19 @@ def _setup(data_dir: Path, stage: str = "fit", seed: int = 0) -> FashionMNISTDat
     return dm
 
 
+def _all(batches: TensorBatches) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*batches, strict=True)
+    return torch.cat(xs), torch.cat(ys)
+
+
 def test_split_sizes_dtypes_and_shapes(fake_data_dir: Path) -> None:
-    s = _setup(fake_data_dir).splits
-    assert s is not None
-    assert s.train_x.shape == (N_TRAIN - VAL_SIZE, 784) and s.val_x.shape == (VAL_SIZE, 784)
-    assert s.train_x.dtype == torch.float32 and s.train_y.dtype == torch.int64
-    assert len(s.train_y) == N_TRAIN - VAL_SIZE and len(s.val_y) == VAL_SIZE
+    dm = _setup(fake_data_dir)
+    train_x, train_y = _all(dm.train_dataloader())
+    val_x, val_y = _all(dm.val_dataloader())
+    assert train_x.shape == (N_TRAIN - VAL_SIZE, 784) and val_x.shape == (VAL_SIZE, 784)
+    assert train_x.dtype == torch.float32 and train_y.dtype == torch.int64
+    assert len(train_y) == N_TRAIN - VAL_SIZE and len(val_y) == VAL_SIZE
+    assert dm.splits is not None and dm.splits.images.dtype == torch.uint8  # stored compactly
 
 
 def test_seeded_split_is_stable_and_seed_dependent(fake_data_dir: Path) -> None:
@@ -35,25 +42,26 @@ def test_seeded_split_is_stable_and_seed_dependent(fake_data_dir: Path) -> None:
     other = _setup(fake_data_dir, seed=1).splits
     assert first is not None and again is not None and other is not None
     assert first is not again  # really rebuilt, not the cached object
-    assert torch.equal(first.val_x, again.val_x) and torch.equal(first.val_y, again.val_y)
-    assert not torch.equal(first.val_x, other.val_x)
+    assert torch.equal(first.val_idx, again.val_idx)
+    assert not torch.equal(first.val_idx, other.val_idx)
 
 
 def test_train_and_val_partition_the_official_training_set(fake_data_dir: Path) -> None:
     s = _setup(fake_data_dir).splits
     assert s is not None
-    raw_images, _ = synthetic_split(N_TRAIN, 1)
-    pixels = ((torch.cat([s.train_x, s.val_x]) * s.std + s.mean) * 255).round().to(torch.uint8)
-    as_bytes = sorted(row.numpy().tobytes() for row in pixels)
-    assert as_bytes == sorted(row.numpy().tobytes() for row in raw_images.reshape(N_TRAIN, -1))
+    everything = torch.cat([s.train_idx, s.val_idx]).sort().values
+    assert torch.equal(everything, torch.arange(N_TRAIN))
+    raw_images, raw_labels = synthetic_split(N_TRAIN, 1)
+    assert torch.equal(s.images, raw_images.reshape(N_TRAIN, -1))
+    assert torch.equal(s.labels, raw_labels.long())
 
 
 def test_normalised_with_training_split_statistics(fake_data_dir: Path) -> None:
-    s = _setup(fake_data_dir).splits
-    assert s is not None
-    assert abs(s.train_x.mean().item()) < 1e-4
-    assert abs(s.train_x.std().item() - 1) < 1e-3
-    assert 0 < s.mean < 1 and 0 < s.std < 1  # computed on [0, 1] pixels
+    dm = _setup(fake_data_dir)
+    train_x, _ = _all(dm.train_dataloader())
+    assert abs(train_x.mean().item()) < 1e-4
+    assert abs(train_x.std().item() - 1) < 1e-3
+    assert dm.splits is not None and 0 < dm.splits.mean < 1 and 0 < dm.splits.std < 1
 
 
 def test_test_set_is_untouched_and_in_order(fake_data_dir: Path) -> None:
@@ -61,10 +69,10 @@ def test_test_set_is_untouched_and_in_order(fake_data_dir: Path) -> None:
     assert dm.splits is None  # the test stage builds no training batches
     stats = data._SPLITS[next(iter(data._SPLITS))]
     images, labels = synthetic_split(N_TEST, 2)
-    assert dm.test_x is not None and dm.test_y is not None
-    assert torch.equal(dm.test_y, labels.long())
+    test_x, test_y = _all(dm.test_dataloader())
+    assert torch.equal(test_y, labels.long())
     expected = data.normalise(images.reshape(N_TEST, -1), stats.mean, stats.std)
-    assert torch.allclose(dm.test_x, expected)
+    assert torch.allclose(test_x, expected)
 
 
 def test_fit_stage_does_not_load_the_test_set(fake_data_dir: Path) -> None:
@@ -76,6 +84,17 @@ def test_decoded_once_per_process(fake_data_dir: Path) -> None:
     assert data.load_raw(fake_data_dir) is data.load_raw(fake_data_dir)
     first = _setup(fake_data_dir).splits
     assert first is _setup(fake_data_dir).splits  # every trial shares the same tensors
+
+
+def test_augmentation_touches_training_batches_only() -> None:
+    x = torch.randn(64, 784)
+    assert augment(x, flip=False, shift=0, background=0.0) is x
+    flipped = augment(x, flip=True, shift=0, background=0.0).view(64, 28, 28)
+    same = (flipped == x.view(64, 28, 28)).flatten(1).all(1)
+    mirrored = (flipped == x.view(64, 28, 28).flip(-1)).flatten(1).all(1)
+    assert (same | mirrored).all() and mirrored.any() and same.any()
+    shifted = augment(x, flip=False, shift=2, background=-9.0)
+    assert shifted.shape == x.shape and (shifted == -9.0).any()
 
 
 def test_torchvision_raw_layout_is_found(fake_data_dir: Path, tmp_path: Path) -> None:
@@ -105,17 +124,24 @@ def test_empty_folder_says_where_to_point(tmp_path: Path) -> None:
         data.load_raw(tmp_path)
 
 
+def _batches(indices: list[int], shuffle: bool, seed: int = 3) -> TensorBatches:
+    images = torch.arange(12, dtype=torch.uint8).unsqueeze(1)
+    rows = torch.tensor(indices)
+    return TensorBatches(images, torch.arange(12), rows, 4, 0.0, 1 / 255, shuffle, seed)
+
+
 def test_batches_cover_every_sample_once_and_reshuffle_each_epoch() -> None:
-    x = torch.arange(10).float().unsqueeze(1)
-    batches = TensorBatches(x, torch.arange(10), batch_size=4, shuffle=True, seed=3)
+    batches = _batches(list(range(2, 12)), shuffle=True)
     epochs = [torch.cat([b[1] for b in batches]) for _ in range(2)]
     assert len(batches) == 3
-    assert all(sorted(e.tolist()) == list(range(10)) for e in epochs)
+    assert all(sorted(e.tolist()) == list(range(2, 12)) for e in epochs)
     assert not torch.equal(epochs[0], epochs[1])
-    replay = TensorBatches(x, torch.arange(10), batch_size=4, shuffle=True, seed=3)
+    replay = _batches(list(range(2, 12)), shuffle=True)
     assert torch.equal(torch.cat([b[1] for b in replay]), epochs[0])
+    x, y = next(iter(replay))
+    assert x.dtype == torch.float32 and torch.equal(x.squeeze(1), y.float())  # std 1/255: raw
 
 
 def test_eval_batches_keep_order() -> None:
-    batches = TensorBatches(torch.zeros(5, 1), torch.arange(5), batch_size=2)
-    assert [b[1].tolist() for b in batches] == [[0, 1], [2, 3], [4]]
+    batches = _batches([5, 1, 7, 3, 0], shuffle=False)
+    assert [b[1].tolist() for b in batches] == [[5, 1, 7, 3], [0]]
