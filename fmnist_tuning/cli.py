@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="training images held out for validation (default %(default)s)",
     )
     p.add_argument(
+        "--no-warm-start",
+        dest="warm_start",
+        action="store_false",
+        help="do not start a new study with the documented default configuration",
+    )
+    p.add_argument(
         "--progress", choices=("trial", "epoch"), default="trial", help="epoch: per-epoch bars"
     )
     return p
@@ -155,6 +161,7 @@ def parse_config(argv: Sequence[str] | None = None) -> RunConfig:
         early_stopping=args.early_stopping,
         val_size=args.val_size,
         progress=args.progress == "epoch",
+        warm_start=args.warm_start,
         workers=args.workers,
         heartbeat_interval=args.heartbeat_interval,
         grace_period=args.grace_period,

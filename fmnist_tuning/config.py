@@ -31,6 +31,7 @@ class RunConfig:
     early_stopping: int = 3  # in-trial patience, in epochs without a better val accuracy
     val_size: int = 5_000  # images of the official training set held out for validation
     progress: bool = False  # per-epoch progress bars (off: one log line per trial)
+    warm_start: bool = True  # a new study's first trial is search_space.DEFAULT_PARAMS
     workers: int = 1  # worker processes on this machine sharing the study (1: run in this process)
     heartbeat_interval: int = 10  # seconds between a running trial's heartbeats (SQL storages)
     grace_period: int | None = None  # seconds without one before a trial is FAIL; None: 3 beats

@@ -36,7 +36,13 @@ from fmnist_tuning.faults import (
     raise_if_interrupted,
 )
 from fmnist_tuning.objective import CHECKPOINT_DIR, Objective, evaluate_test, trial_name
-from fmnist_tuning.search_space import GRID, LR_RANGES, MAX_LAYERS, suggest_config
+from fmnist_tuning.search_space import (
+    DEFAULT_PARAMS,
+    GRID,
+    LR_RANGES,
+    MAX_LAYERS,
+    suggest_config,
+)
 
 try:
     import fcntl
@@ -238,6 +244,8 @@ def load_or_create(run: RunConfig, slot: int = 0) -> optuna.Study:
         load_if_exists=True,
     )
     _check_compatible(study, run.storage_url)
+    if run.warm_start and run.sampler != "grid" and not study.trials:
+        study.enqueue_trial(DEFAULT_PARAMS)  # a new study starts from the documented default
     return study
 
 

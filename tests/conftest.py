@@ -68,6 +68,7 @@ def run_config(fake_data_dir: Path, tmp_path: Path) -> RunConfig:
         max_epochs=2,
         val_size=VAL_SIZE,
         accelerator="cpu",
+        warm_start=False,  # tests enqueue their own trials
     )
 
 

@@ -20,17 +20,17 @@ from tests.processes import FINISHED, Tune, started, tune_args, wait_for
 
 GOOD = {
     "n_layers": 1,
-    "n_units_l0": 64,
+    "n_units_l0": 128,
     "dropout": 0.0,
     "batch_norm": False,
     "optimizer": "sgd",
     "lr_sgd": 0.05,
     "weight_decay": 1e-6,
-    "batch_size": 64,
+    "batch_size": 128,
 }
 # Far outside the search space (Optuna warns, and runs it): plain SGD on raw logits overflows to
 # inf, then NaN, within the first few steps.
-DIVERGING = {**GOOD, "lr_sgd": 1e6}
+DIVERGING = {**GOOD, "lr_sgd": 1e12}
 
 
 @pytest.mark.parametrize(("signum", "workers"), [(signal.SIGINT, "1"), (signal.SIGTERM, "2")])

@@ -7,7 +7,7 @@ import itertools
 import optuna
 import pytest
 
-from fmnist_tuning.search_space import GRID, TrialConfig, suggest_config
+from fmnist_tuning.search_space import DEFAULT_PARAMS, GRID, TrialConfig, suggest_config
 
 PARAMS = {
     "n_layers": 2,
@@ -32,6 +32,9 @@ def test_fixed_trial_maps_to_expected_config() -> None:
         lr=0.05,
         weight_decay=1e-4,
         batch_size=256,
+        label_smoothing=0.1,  # fixed choices, documented in the module
+        scheduler="onecycle",
+        flip=True,
     )
 
 
@@ -54,6 +57,15 @@ def test_every_grid_point_lies_inside_the_search_space() -> None:
     assert len(points) == 16
     configs = {suggest_config(optuna.trial.FixedTrial(p)) for p in points}
     assert len(configs) == 16  # no grid point duplicates another
+
+
+def test_default_params_are_a_point_of_the_search_space() -> None:
+    config = suggest_config(optuna.trial.FixedTrial(DEFAULT_PARAMS))
+    assert config.hidden_sizes == (1024, 512) and config.optimizer == "adamw"
+    study = optuna.create_study()
+    study.enqueue_trial(DEFAULT_PARAMS)
+    trial = study.ask()
+    assert suggest_config(trial) == config  # enqueued values are inside every range
 
 
 def test_model_kwargs_match_the_module_signature() -> None:

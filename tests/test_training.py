@@ -33,13 +33,13 @@ def test_a_few_epochs_learn_the_synthetic_classes(run_config: RunConfig) -> None
 
 GOOD = {
     "n_layers": 1,
-    "n_units_l0": 64,
+    "n_units_l0": 128,
     "dropout": 0.0,
     "batch_norm": True,
     "optimizer": "adam",
     "lr_adam": 1e-2,
     "weight_decay": 1e-6,
-    "batch_size": 64,
+    "batch_size": 128,
 }
 # RMSprop at its smallest rate on 2 steps per epoch: stays near chance for several epochs.
 BAD = {**GOOD, "optimizer": "rmsprop", "batch_size": 512, "batch_norm": False}
