@@ -154,8 +154,10 @@ def open_storage(
         for attempt in range(3):
             try:
                 return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **heartbeat)
-            except sqlalchemy.exc.IntegrityError:  # another worker created the tables just now
-                if attempt == 2:
+            except sqlalchemy.exc.DatabaseError as err:
+                # Another process (a worker, another machine) created the tables just now.
+                duplicate = isinstance(err, sqlalchemy.exc.IntegrityError)
+                if attempt == 2 or not (duplicate or "already exists" in str(err)):
                     raise
                 time.sleep(1.0)
         raise AssertionError("unreachable")

@@ -92,7 +92,8 @@ def running_trials(storage: str, study_name: str) -> list[optuna.trial.FrozenTri
         return []  # not created yet (and load_study must not create it)
     try:
         if storage not in _STORAGES:
-            _STORAGES[storage] = optuna.storages.RDBStorage(storage)
+            # skip_table_creation: creating them would race with the process under test
+            _STORAGES[storage] = optuna.storages.RDBStorage(storage, skip_table_creation=True)
         study = optuna.load_study(study_name=study_name, storage=_STORAGES[storage])
     except Exception:  # not created yet, or its tables are being created right now
         _STORAGES.pop(storage, None)
