@@ -59,6 +59,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**31-1, got {text!r}")
+    return value
+
+
 def _workers(text: str) -> int:
     return AUTO_WORKERS if text == "auto" else _positive_int(text)
 
@@ -100,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=("tpe", "random", "grid"), default=d.sampler)
     p.add_argument("--pruner", choices=("median", "none"), default=d.pruner)
     p.add_argument("--patience", type=_positive_int, help="stop after K trials without a new best")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=_seed, default=d.seed)
     p.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default=d.accelerator)
     p.add_argument(
         "--early-stopping",
@@ -113,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=d.val_size,
         help="training images held out for validation (default %(default)s)",
+    )
+    p.add_argument(
+        "--no-retrain",
+        dest="retrain",
+        action="store_false",
+        help="test the best trial's own checkpoint instead of retraining it on all 60k images",
     )
     p.add_argument(
         "--no-warm-start",
@@ -162,6 +178,7 @@ def parse_config(argv: Sequence[str] | None = None) -> RunConfig:
         val_size=args.val_size,
         progress=args.progress == "epoch",
         warm_start=args.warm_start,
+        retrain=args.retrain,
         workers=args.workers,
         heartbeat_interval=args.heartbeat_interval,
         grace_period=args.grace_period,
@@ -213,7 +230,12 @@ def run(config: RunConfig) -> int:
     with catch_signals(on_signal=workers.forward):
         try:
             data.download(config.data_dir)  # no-op when the files are there
-            data.load_raw(config.data_dir)  # decode and validate now: bad files fail before output
+            raw = data.load_raw(config.data_dir)  # decode and validate now, before any output
+            if config.val_size >= len(raw.train_y):
+                raise UsageError(
+                    f"--val-size {config.val_size} leaves no training images of "
+                    f"{len(raw.train_y)}; use a smaller one"
+                )
             the_study = study.load_or_create(config)
             config.output_dir.mkdir(parents=True, exist_ok=True)
             failed = any(workers.run(the_study, config))

@@ -106,6 +106,8 @@ def _read_idx(path: Path, ndim: int) -> torch.Tensor:
                 raise DataError(
                     f"{path} is not a {ndim}-D IDX uint8 file (magic {magic:#010x}); {fix}"
                 )
+            if dims[0] > 100_000 or any(d != IMAGE_SIDE for d in dims[1:]):
+                raise DataError(f"{path} has an implausible IDX shape {tuple(dims)}; {fix}")
             payload = bytearray(math.prod(dims))  # decompressed straight into the tensor's memory
             got = f.readinto(payload)
             extra = len(f.read(1))
@@ -317,6 +319,8 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         eval_batch_size: Batch size for validation and test (no gradients, so larger is faster).
         flip: Random horizontal flips of training batches (on the device, after transfer).
         shift: Random shifts of training images by up to this many pixels.
+        full_train: Train on all 60,000 official training images (the validation images too), for
+            the final model of a finished study; there is then no validation set.
     """
 
     def __init__(
@@ -328,8 +332,10 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         eval_batch_size: int = 5_000,
         flip: bool = False,
         shift: int = 0,
+        full_train: bool = False,
     ) -> None:
         super().__init__()
+        self.full_train = full_train
         self.flip = flip
         self.shift = shift
         self.data_dir = Path(data_dir)
@@ -374,8 +380,9 @@ class FashionMNISTDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> TensorBatches:
         assert self.splits is not None, "call setup('fit') first"
         s = self.splits
+        rows = torch.cat([s.train_idx, s.val_idx]) if self.full_train else s.train_idx
         return TensorBatches(
-            s.images, s.labels, s.train_idx, self.batch_size, s.mean, s.std, True, self.seed
+            s.images, s.labels, rows, self.batch_size, s.mean, s.std, True, self.seed
         )
 
     def val_dataloader(self) -> TensorBatches:

@@ -26,6 +26,7 @@ from fmnist_tuning.search_space import TrialConfig, suggest_config
 
 CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
+FINAL_CHECKPOINT = "final_{name}.ckpt"  # the best configuration retrained on all training images
 
 # Lightning's advice for DataLoader-based pipelines does not apply to on-device tensor batches.
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -94,7 +95,9 @@ def build_module(config: TrialConfig, run: RunConfig) -> FashionMNISTClassifier:
     return FashionMNISTClassifier(**config.model_kwargs(), max_epochs=run.max_epochs)
 
 
-def build_datamodule(config: TrialConfig, run: RunConfig) -> FashionMNISTDataModule:
+def build_datamodule(
+    config: TrialConfig, run: RunConfig, full_train: bool = False
+) -> FashionMNISTDataModule:
     """The DataModule for ``config`` (the data tensors themselves are shared process-wide)."""
     return FashionMNISTDataModule(
         run.data_dir,
@@ -103,6 +106,7 @@ def build_datamodule(config: TrialConfig, run: RunConfig) -> FashionMNISTDataMod
         seed=run.seed,
         flip=config.flip,
         shift=config.shift,
+        full_train=full_train,
     )
 
 
@@ -194,6 +198,22 @@ class Objective:
             raise optuna.TrialPruned(out_of_memory)
         trial.set_user_attr("checkpoint", str(Path(checkpoint.best_model_path).resolve()))
         return history.best
+
+
+def retrain_full(config: TrialConfig, run: RunConfig, epochs: int, path: Path) -> Path:
+    """Trains ``config`` afresh on all 60,000 training images for ``epochs``; saves it at ``path``.
+
+    The chosen configuration was selected on the validation split; the final model may then also
+    learn from those 5,000 images (the schedule spans ``epochs``, the length the trial trained).
+    """
+    pl.seed_everything(run.seed, verbose=False)
+    module = build_module(config, run)
+    datamodule = build_datamodule(config, run, full_train=True)
+    trainer = build_trainer(run, max_epochs=epochs, limit_val_batches=0)
+    trainer.fit(module, datamodule=datamodule)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(path, weights_only=True)
+    return path
 
 
 def evaluate_test(checkpoint: str | Path, config: TrialConfig, run: RunConfig) -> float:

@@ -35,7 +35,14 @@ from fmnist_tuning.faults import (
     defer_interrupts,
     raise_if_interrupted,
 )
-from fmnist_tuning.objective import CHECKPOINT_DIR, Objective, evaluate_test, trial_name
+from fmnist_tuning.objective import (
+    CHECKPOINT_DIR,
+    FINAL_CHECKPOINT,
+    Objective,
+    evaluate_test,
+    retrain_full,
+    trial_name,
+)
 from fmnist_tuning.search_space import (
     DEFAULT_PARAMS,
     GRID,
@@ -532,8 +539,11 @@ def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
     config = suggest_config(optuna.trial.FixedTrial(best.params))
     checkpoint = Path(best.user_attrs.get("checkpoint", ""))
     cached = study.user_attrs.get("test_acc", {})
-    if cached.get("trial") == best.number:
+    final = run.output_dir / CHECKPOINT_DIR / FINAL_CHECKPOINT.format(name=trial_name(best.number))
+    epochs = int(best.user_attrs.get("epochs") or run.max_epochs)
+    if cached.get("trial") == best.number and cached.get("retrained") == run.retrain:
         test_acc = float(cached["test_acc"])  # this trial was already evaluated: never twice
+        model = Path(cached.get("model", checkpoint))
     else:
         if not checkpoint.is_file():
             host = str(best.user_attrs.get(WORKER_ATTR, "")).rpartition(":")[0]
@@ -543,8 +553,19 @@ def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
                 f"machine{where} and output dir that trained it, or give all machines one shared "
                 "--output-dir"
             )
-        test_acc = evaluate_test(checkpoint, config, run)
-        study.set_user_attr("test_acc", {"trial": best.number, "test_acc": test_acc})
+        if run.retrain:
+            log.info("retraining trial %d's configuration on all 60k images", best.number)
+        model = retrain_full(config, run, epochs, final) if run.retrain else checkpoint
+        test_acc = evaluate_test(model, config, run)
+        study.set_user_attr(
+            "test_acc",
+            {
+                "trial": best.number,
+                "test_acc": test_acc,
+                "retrained": run.retrain,
+                "model": str(model.resolve()),
+            },
+        )
     prune_checkpoints(study, run.output_dir / CHECKPOINT_DIR, keep=best.number)
     states = [t.state for t in study.get_trials(deepcopy=False)]
     result = {
@@ -556,7 +577,9 @@ def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
         "val_acc": best.value,
         "test_acc": test_acc,
         "epochs": best.user_attrs.get("epochs"),
-        "checkpoint": str(checkpoint),
+        "checkpoint": str(model),  # the model test_acc was measured on
+        "trial_checkpoint": str(checkpoint),  # the trial's own weights at its best epoch
+        "retrained_on_full_train": run.retrain,
         "trials": {s.name.lower(): states.count(s) for s in TrialState if states.count(s)},
     }
     path = run.output_dir / "best.json"

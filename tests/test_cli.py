@@ -34,8 +34,10 @@ def test_two_trial_study_writes_best_json_tensorboard_and_storage(
     assert {"trial", "params", "val_acc", "test_acc"} <= best.keys()
     assert isinstance(best["trial"], int) and best["params"]
     assert 0.0 <= best["test_acc"] <= 1.0 and 0.0 <= best["val_acc"] <= 1.0
-    assert Path(best["checkpoint"]).is_file()
-    assert [p.name for p in (out / "checkpoints").iterdir()] == [Path(best["checkpoint"]).name]
+    assert Path(best["checkpoint"]).is_file() and best["retrained_on_full_train"]
+    kept = {p.name for p in (out / "checkpoints").iterdir()}
+    name = f"trial_{best['trial']:04d}"
+    assert kept == {f"final_{name}.ckpt", f"{name}.ckpt"}  # beaten trials' are gone
 
     runs = sorted(p.name for p in (out / "tensorboard").iterdir())
     assert runs == ["trial_0000", "trial_0001"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import warnings
+from collections.abc import Iterator
 
 import optuna
 import pytest
@@ -51,6 +53,14 @@ def test_layer_count_decides_how_many_widths_are_used() -> None:
     assert config.hidden_sizes == (512,)
 
 
+@pytest.fixture(autouse=True)
+def _out_of_range_is_an_error() -> Iterator[None]:
+    """Optuna only warns for fixed values outside a distribution: make that fail the test."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        yield
+
+
 def test_every_grid_point_lies_inside_the_search_space() -> None:
     keys = list(GRID)
     points = [dict(zip(keys, values, strict=True)) for values in itertools.product(*GRID.values())]
@@ -61,7 +71,7 @@ def test_every_grid_point_lies_inside_the_search_space() -> None:
 
 def test_default_params_are_a_point_of_the_search_space() -> None:
     config = suggest_config(optuna.trial.FixedTrial(DEFAULT_PARAMS))
-    assert config.hidden_sizes == (1024, 512) and config.optimizer == "adamw"
+    assert config.hidden_sizes == (2000, 640) and config.optimizer == "adamw"
     study = optuna.create_study()
     study.enqueue_trial(DEFAULT_PARAMS)
     trial = study.ask()
