@@ -577,7 +577,7 @@ def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
         "val_acc": best.value,
         "test_acc": test_acc,
         "epochs": best.user_attrs.get("epochs"),
-        "checkpoint": str(model),  # the model test_acc was measured on
+        "checkpoint": str(model.resolve()),  # the model test_acc was measured on
         "trial_checkpoint": str(checkpoint),  # the trial's own weights at its best epoch
         "retrained_on_full_train": run.retrain,
         "trials": {s.name.lower(): states.count(s) for s in TrialState if states.count(s)},
