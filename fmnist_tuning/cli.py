@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -26,8 +27,9 @@ log = logging.getLogger("fmnist_tuning")
 EXIT_OK, EXIT_NO_RESULT, EXIT_USAGE = 0, 1, 2
 WORKER_FLAG = "--worker"  # internal: this process is one of the workers of --workers N
 WORKER_COMMAND = [sys.executable, "-m", "fmnist_tuning.cli", WORKER_FLAG]
-# What --workers auto means: one process per machine until measured otherwise.
-AUTO_WORKERS = 1
+# What --workers auto means: one worker process per core, one torch thread each. Measured on the
+# 2-core reference CPU (16-point grid, 2-epoch trials): 2 workers 15.9 trials/min, 1 worker 11.9.
+AUTO_WORKERS = max(1, os.cpu_count() or 1)
 
 
 class UsageError(Exception):
