@@ -153,6 +153,7 @@ def load_raw(data_dir: str | Path) -> RawFashionMNIST:
     key = tuple(sorted(p.resolve() for p in files.values()))
     if key not in _DECODED:
         _DECODED.clear()  # one dataset per process is all a study needs; do not keep stale copies
+        _SPLITS.clear()  # splits of the previous dataset are stale with it
         _DECODED[key] = _decode(files)
     return _DECODED[key]
 
@@ -239,7 +240,7 @@ class Splits:
     std: float
 
 
-_SPLITS: dict[tuple[tuple[Path, ...], int, int, str], Splits] = {}
+_SPLITS: dict[tuple[int, int, str], Splits] = {}  # (val_size, seed, device) of the decoded data
 
 
 def pixel_stats(images: torch.Tensor, rows: torch.Tensor) -> tuple[float, float]:
@@ -357,10 +358,9 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def _shared_splits(self) -> Splits:
-        raw = load_raw(self.data_dir)
+        raw = load_raw(self.data_dir)  # decoding a new dataset empties _SPLITS
         device = self._device()
-        files = tuple(sorted(p.resolve() for p in (find_files(self.data_dir) or {}).values()))
-        key = (files, self.val_size, self.seed, str(device))
+        key = (self.val_size, self.seed, str(device))
         if key not in _SPLITS:
             _SPLITS.clear()  # one split per process; a new device or seed replaces it
             _SPLITS[key] = make_splits(raw, self.val_size, self.seed, device)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
@@ -125,15 +125,17 @@ def defer_interrupts() -> Iterator[None]:
 class TrialGuard(Callback):
     """Stops a trial at the next batch on a signal, and fails it when the loss is not finite.
 
-    The loss check stays on the device (one flag per epoch, read before validation), so it adds no
+    The loss check reads the module's on-device epoch loss sum (``epoch_loss_sum``: one NaN or inf
+    step makes it non-finite) once per epoch, before validation, so it adds no work or
     synchronisation per step; Lightning's ``detect_anomaly`` would slow every step instead.
     """
 
     def __init__(self) -> None:
-        self._finite: torch.Tensor | None = None
+        self._loss_sum: torch.Tensor | None = None
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._finite = None
+        loss_sum = getattr(pl_module, "epoch_loss_sum", None)
+        self._loss_sum = loss_sum if isinstance(loss_sum, torch.Tensor) else None
         raise_if_interrupted()
 
     def on_train_batch_end(
@@ -144,10 +146,6 @@ class TrialGuard(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
-        if isinstance(loss, torch.Tensor):
-            finite = torch.isfinite(loss.detach()).all()
-            self._finite = finite if self._finite is None else self._finite & finite
         raise_if_interrupted()
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -168,7 +166,7 @@ class TrialGuard(Callback):
         raise_if_interrupted()
 
     def _check_loss(self, trainer: pl.Trainer) -> None:
-        if self._finite is not None and not bool(self._finite):
+        if self._loss_sum is not None and not bool(torch.isfinite(self._loss_sum)):
             raise NonFiniteLoss(
                 f"non-finite training loss (NaN or inf) in epoch {trainer.current_epoch}; "
                 "the learning rate is probably too high"

@@ -98,7 +98,7 @@ class TrialConfig:
     weight_decay: float = 0.0  # L2 penalty (decoupled for AdamW)
     batch_size: int = 128  # training batch size
     label_smoothing: float = 0.0  # fixed, not searched: see README
-    scheduler: str = "none"  # learning-rate schedule over max_epochs (none, onecycle, cosine)
+    scheduler: str = "none"  # learning-rate schedule over max_epochs (none, onecycle)
     flip: bool = False  # random horizontal flips of training images
     shift: int = 0  # random shifts of training images, in pixels
 
