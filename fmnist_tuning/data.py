@@ -317,7 +317,8 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         batch_size: Training batch size.
         val_size: Images of the official training set held out for validation.
         seed: Seed of the train/val split and of the per-epoch shuffles.
-        eval_batch_size: Batch size for validation and test (no gradients, so larger is faster).
+        eval_batch_size: Batch size for validation and test. 1,000 keeps the widest models' eval
+            activations small (5,000 added ~80 MB to the peak RSS of a 1917-1347 trial).
         flip: Random horizontal flips of training batches (on the device, after transfer).
         shift: Random shifts of training images by up to this many pixels.
         full_train: Train on all 60,000 official training images (the validation images too), for
@@ -330,7 +331,7 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         batch_size: int = 128,
         val_size: int = 5_000,
         seed: int = 0,
-        eval_batch_size: int = 5_000,
+        eval_batch_size: int = 1_000,
         flip: bool = False,
         shift: int = 0,
         full_train: bool = False,

@@ -40,6 +40,7 @@ from fmnist_tuning.objective import (
     FINAL_CHECKPOINT,
     Objective,
     evaluate_test,
+    release_memory,
     retrain_full,
     trial_name,
 )
@@ -475,6 +476,7 @@ def optimize(study: optuna.Study, run: RunConfig, parent_pid: int | None = None)
     callbacks = [
         lambda s, t: log_trial(s, t, n_trials=run.n_trials, deadline=deadline),
         lambda s, _: prune_checkpoints(s, run.output_dir / CHECKPOINT_DIR),
+        release_memory,
     ]
     claim = _ClaimLock(run.output_dir / CLAIM_LOCK)
     runner = _Runner(Objective(run), claim)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 from pathlib import Path
 
+import lightning.pytorch as pl
 import optuna
+import pytest
+from lightning.pytorch.callbacks import Callback
 from optuna.trial import TrialState
 
+from fmnist_tuning import objective
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.model import VAL_ACC
 from fmnist_tuning.objective import build_datamodule, build_module, build_trainer
@@ -72,3 +77,41 @@ def test_pruner_none_lets_every_trial_finish(run_config: RunConfig, tmp_path: Pa
     study = _enqueued_study(run, bad=1)
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
     assert len(study.trials[-1].intermediate_values) == 4  # still reported: curves for the plots
+
+
+def test_no_trainer_outlives_its_trial(
+    run_config: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The study frees each trial: no Trainer survives it, and the heap is trimmed once per trial."""
+    trims: list[int] = []
+    monkeypatch.setattr(objective, "_MALLOC_TRIM", trims.append)
+    seen: list[int] = []
+
+    class CountTrainers(Callback):  # long-lived: Lightning binds the module's log methods onto it
+        def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            seen.append(1)
+
+    def live_trainers(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        alive = [o for o in gc.get_objects() if isinstance(o, pl.Trainer)]
+        assert not alive, f"trial {trial.number} left {len(alive)} Trainer(s) alive"
+
+    run = dataclasses.replace(run_config, max_epochs=1)
+    study = load_or_create(dataclasses.replace(run, warm_start=False))
+    study.optimize(
+        objective.Objective(run, extra_callbacks=[CountTrainers()]),
+        n_trials=2,
+        gc_after_trial=True,
+        callbacks=[objective.release_memory, live_trainers],
+    )
+    assert len(seen) == 2 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    assert trims == [0, 0]
+
+
+def test_the_study_runner_releases_memory_after_every_trial(
+    run_config: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trims: list[int] = []
+    monkeypatch.setattr(objective, "_MALLOC_TRIM", trims.append)
+    run = dataclasses.replace(run_config, max_epochs=1, n_trials=3, warm_start=False)
+    optimize(load_or_create(run), run)
+    assert trims == [0, 0, 0]
