@@ -224,8 +224,10 @@ class _HandledFailures(logging.Filter):
 
 def run(config: RunConfig) -> int:
     """Validates data and storage, runs the study, writes ``best.json``; returns the exit code."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     from fmnist_tuning import data, parallel, report, study
-    from fmnist_tuning.faults import Interrupted, catch_signals
+    from fmnist_tuning.faults import Interrupted, catch_signals, received_signal
 
     workers = parallel.Workers(WORKER_COMMAND)
     the_study = None
@@ -246,10 +248,16 @@ def run(config: RunConfig) -> int:
                 return EXIT_NO_RESULT
             result = study.finalize(the_study, config)
             report.report_study(the_study, config)  # plots/, report.html (even with no best)
-        except Interrupted as err:
+        except (Interrupted, SystemExit, SIGTERMException) as err:
+            # Outside a trial (the final retrain, the test pass) Lightning turns Ctrl-C into
+            # sys.exit(1) and SIGTERM into SIGTERMException: report them as the signal they were.
+            signum = err.signum if isinstance(err, Interrupted) else received_signal()
+            if signum is None:
+                raise
             so_far = study.summarize(the_study) if the_study is not None else "no trial ran"
-            log.warning("%s: %s; rerun the same command to resume", err.reason, so_far)
-            return err.exit_code
+            interrupted = Interrupted(signum)
+            log.warning("%s: %s; rerun the same command to resume", interrupted.reason, so_far)
+            return interrupted.exit_code
     if result is None:
         log.error("no trial completed: nothing to report; run more trials or relax pruning")
         return EXIT_NO_RESULT

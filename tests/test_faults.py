@@ -7,12 +7,16 @@ import dataclasses
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
+import lightning.pytorch as pl
 import optuna
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from optuna.trial import TrialState
 
+from fmnist_tuning import objective
 from fmnist_tuning.cli import main
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.study import SEARCH_SPACE_ATTR, load_or_create, optimize
@@ -59,6 +63,38 @@ def test_signal_mid_trial_fails_it_prints_the_summary_and_exits_128_plus_signal(
     assert f"interrupted by {signum.name}: study 'fmnist-mlp'" in err and "finished trials" in err
     assert "rerun the same command to resume" in err
     assert "Traceback" not in err and not (out / "best.json").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_during_the_final_retrain_exits_128_plus_signal_and_keeps_the_trials(
+    signum: signal.Signals,
+    fake_data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    class SignalOnSecondBatch(Callback):  # a real signal, delivered inside Lightning's fit loop
+        def on_train_batch_start(self, trainer: pl.Trainer, *_: object) -> None:
+            if trainer.global_step == 1:
+                os.kill(os.getpid(), signum)
+
+    build_trainer = objective.build_trainer
+
+    def retrain_gets_a_signal(run: RunConfig, *args: Any, **kwargs: Any) -> pl.Trainer:
+        if kwargs.get("limit_val_batches") == 0:  # retrain_full's Trainer
+            kwargs["callbacks"] = [SignalOnSecondBatch()]
+        return build_trainer(run, *args, **kwargs)
+
+    monkeypatch.setattr(objective, "build_trainer", retrain_gets_a_signal)
+    out = tmp_path / "out"
+    assert main(tune_args(fake_data_dir, out, "--n-trials", "1", "--no-warm-start")) == 128 + signum
+
+    err = capsys.readouterr().err
+    assert f"interrupted by {signum.name}: study 'fmnist-mlp'" in err, err
+    assert "Traceback" not in err and not (out / "best.json").exists()
+    storage = f"sqlite:///{out / 'study.db'}"
+    (trial,) = optuna.load_study(study_name="fmnist-mlp", storage=storage).trials
+    assert trial.state == TrialState.COMPLETE  # a rerun retrains and tests it
 
 
 @pytest.mark.filterwarnings("ignore:Fixed parameter lr_sgd.*out of range")
