@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import os
 import signal
 import time
 import warnings
@@ -89,6 +90,23 @@ def release_memory(*_: object) -> None:
         _MALLOC_TRIM(0)
 
 
+_NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
+
+
+def _cheap_cuda_checks_without_a_gpu() -> None:
+    """Stops every optimizer step of a CPU-only machine from looking for NVIDIA's driver again.
+
+    Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` (fork-safe CUDA checks), and Adam, AdamW and
+    RMSprop ask ``torch.cuda.is_available()`` on every step. Without a driver that check first
+    fails to load libnvidia-ml (not cached), then falls back to the CUDA runtime's device count
+    anyway; going to the fallback directly took 1.59 instead of 1.77 s per epoch of the
+    784-128-10 benchmark model. With a GPU the answer is cached after CUDA starts, so nothing
+    changes there.
+    """
+    if os.environ.get(_NVML_CHECK) == "1" and not torch.cuda.is_available():
+        os.environ[_NVML_CHECK] = "0"
+
+
 def build_trainer(
     run: RunConfig,
     callbacks: list[Callback] | None = None,
@@ -97,6 +115,7 @@ def build_trainer(
 ) -> pl.Trainer:
     """The Trainer every trial uses: quiet, no sanity check, bf16 on GPUs that support it."""
     gpu = uses_gpu(run.accelerator)
+    _cheap_cuda_checks_without_a_gpu()
     kwargs: dict[str, Any] = {
         "accelerator": "gpu" if gpu else "cpu",
         "devices": 1,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import os
 from pathlib import Path
 
 import lightning.pytorch as pl
 import optuna
 import pytest
+import torch
 from lightning.pytorch.callbacks import Callback
 from optuna.trial import TrialState
 
@@ -115,3 +117,14 @@ def test_the_study_runner_releases_memory_after_every_trial(
     run = dataclasses.replace(run_config, max_epochs=1, n_trials=3, warm_start=False)
     optimize(load_or_create(run), run)
     assert trims == [0, 0, 0]
+
+
+def test_cpu_only_trainer_stops_looking_for_the_nvidia_driver_every_step(
+    run_config: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU the CUDA check is cached and stays NVML-based")
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # as importing Lightning sets it
+    objective.build_trainer(run_config)
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "0"
+    assert not torch.cuda.is_available()
