@@ -12,9 +12,10 @@ of several repeats, because ratios measured side by side are what hold on a nois
    (c) a raw PyTorch loop over the same whole-tensor batches (the floor).
 2. Per-trial overhead: one objective call minus its training time (build + tear down).
 3. Pruning: the same seeded study (random sampler, so both see identical configurations) with the
-   median pruner and without: epochs trained and best value (30 trials of at most 8 epochs, each
-   epoch a quarter of the training batches so the pair runs in minutes; ``--quick``: 8 trials of 4
-   epochs of a tenth).
+   median pruner and without: epochs trained and best value. Trials as the CLI runs them (at most
+   20 epochs, early stopping after 4, the default pruner), 24 of them, except that each epoch is a
+   twentieth of the training batches (and the whole validation split) so the pair runs in minutes;
+   ``--quick``: 10 trials of 6 such epochs.
 4. Memory: peak RSS and RSS growth from trial 5 to trial 50 of one 50-trial study.
 """
 
@@ -46,7 +47,7 @@ from torch.utils.data import DataLoader, random_split
 from fmnist_tuning import data
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.model import MLP, OPTIMIZERS
-from fmnist_tuning.objective import Objective, uses_gpu
+from fmnist_tuning.objective import Objective, release_memory, uses_gpu
 from fmnist_tuning.search_space import TrialConfig, suggest_config
 from fmnist_tuning.study import make_pruner, make_sampler
 
@@ -132,7 +133,7 @@ def run_study(
     study.optimize(
         Objective(run, **(objective_kwargs or {})),
         n_trials=n_trials,
-        callbacks=callbacks or [],
+        callbacks=[release_memory, *(callbacks or [])],
         gc_after_trial=True,
     )
     return study
@@ -215,7 +216,11 @@ def pruning(
     kwargs = {"trainer_overrides": {"limit_train_batches": train_fraction}}
     for pruner in ("median", "none"):
         cfg = dataclasses.replace(
-            run, pruner=pruner, max_epochs=max_epochs, output_dir=run.output_dir / pruner
+            run,
+            pruner=pruner,
+            max_epochs=max_epochs,
+            early_stopping=RunConfig.early_stopping,  # the CLI's default, as in a real study
+            output_dir=run.output_dir / pruner,
         )
         study = run_study(cfg, n_trials, sampler="random", objective_kwargs=kwargs)
         out[f"epochs_{pruner}"] = sum(t.user_attrs.get("epochs", 0) for t in study.trials)
@@ -281,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             times["raw"].append(epoch_raw(fresh()))
         epoch_s = {k: statistics.median(v) for k, v in times.items()}
         overhead = trial_overhead(fresh(), 6 if quick else 15)
-        prune = pruning(fresh(), *((8, 4, 0.1) if quick else (30, 8, 0.25)))
+        prune = pruning(fresh(), *((10, 6, 0.05) if quick else (24, RunConfig.max_epochs, 0.05)))
         wall = time.perf_counter() - t0
 
     result = {
