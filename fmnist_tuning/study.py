@@ -65,6 +65,7 @@ DIRECTION = optuna.study.StudyDirection.MAXIMIZE
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 JOURNAL_PREFIX = "journal:"  # journal:PATH, an Optuna JournalFileBackend log on a shared disk
 SEARCH_SPACE_ATTR = "search_space"  # study user attribute: fingerprint of the search space
+SPLIT_ATTR = "validation_split"  # study user attribute: the --seed and --val-size it was tuned on
 WORKER_ATTR = "worker"  # trial user attribute: host:pid of the process that ran it
 WORKER_SLOTS_ATTR = "worker_slots"  # study user attribute: worker processes started so far
 MAX_RETRY = 3  # times the trial of a killed worker is queued again
@@ -201,6 +202,20 @@ def search_space_fingerprint() -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _check_split(study: optuna.Study, run: RunConfig) -> None:
+    """Refuses to resume a study on another validation split: its values would not compare."""
+    where = f"study {study.study_name!r} in {redact(run.storage_url)}"
+    split = {"seed": run.seed, "val_size": run.val_size}
+    stored = study.user_attrs.get(SPLIT_ATTR)
+    if stored is None:  # a new study, or one from before this check: it is tuned on this one now
+        study.set_user_attr(SPLIT_ATTR, split)
+    elif stored != split:
+        raise StudyError(
+            f"{where} was tuned on the validation split of --seed {stored['seed']} --val-size "
+            f"{stored['val_size']}; resume it with those flags or use another --study-name"
+        )
+
+
 def _check_compatible(study: optuna.Study, url: str) -> None:
     """Refuses a stored study that another direction or search space created."""
     where = f"study {study.study_name!r} in {redact(url)}"
@@ -240,7 +255,7 @@ def load_or_create(run: RunConfig, slot: int = 0) -> optuna.Study:
 
     Raises:
         StudyError: The storage cannot be opened, or holds a study of this name with another
-            direction or search space.
+            direction, search space or validation split (``--seed``, ``--val-size``).
     """
     if run.storage is None:
         run.output_dir.mkdir(parents=True, exist_ok=True)  # the default SQLite file lives there
@@ -254,6 +269,7 @@ def load_or_create(run: RunConfig, slot: int = 0) -> optuna.Study:
         load_if_exists=True,
     )
     _check_compatible(study, run.storage_url)
+    _check_split(study, run)
     if run.warm_start and run.sampler != "grid" and not study.trials:
         study.enqueue_trial(DEFAULT_PARAMS)  # a new study starts from the documented default
     return study

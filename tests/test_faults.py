@@ -165,6 +165,25 @@ def test_stored_study_with_another_search_space_exits_2_with_one_line(
     assert "another search space" in _one_line_error(capsys)
 
 
+@pytest.mark.parametrize("changed", [("--seed", "1"), ("--val-size", "50")])
+def test_resuming_on_another_validation_split_exits_2_with_one_line(
+    changed: tuple[str, str],
+    fake_data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "out"
+    first = tune_args(fake_data_dir, out, "--n-trials", "1", "--no-warm-start", "--no-retrain")
+    assert main(first) == 0
+    capsys.readouterr()
+    assert main([*first, *changed, "--n-trials", "2"]) == 2
+    line = _one_line_error(capsys)
+    assert "validation split of --seed 0 --val-size" in line and "resume it with those" in line
+    study = optuna.load_study(study_name="fmnist-mlp", storage=f"sqlite:///{out / 'study.db'}")
+    assert len(study.trials) == 1  # nothing ran on the other split
+    assert main([*first, "--n-trials", "2"]) == 0  # the same flags resume it
+
+
 def test_stored_trials_from_another_search_space_exit_2(
     fake_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
