@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import platform
 import shutil
 import statistics
@@ -48,7 +49,7 @@ from fmnist_tuning import data
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.model import MLP, OPTIMIZERS
 from fmnist_tuning.objective import Objective, release_memory, uses_gpu
-from fmnist_tuning.search_space import TrialConfig, suggest_config
+from fmnist_tuning.search_space import BATCH_SIZES, TrialConfig, suggest_config
 from fmnist_tuning.study import make_pruner, make_sampler
 
 BASELINE_PARAMS = {  # the 784-128-10 MLP, Adam 1e-3, batch 128 (weight decay at its 1e-6 floor)
@@ -86,9 +87,9 @@ class EpochTimer(Callback):
 class TorchvisionDataModule(pl.LightningDataModule):
     """The conventional pipeline of most tutorials and of Optuna's Lightning example."""
 
-    def __init__(self, root: Path, batch_size: int, seed: int) -> None:
+    def __init__(self, root: Path, batch_size: int, seed: int, val_size: int) -> None:
         super().__init__()
-        self.root, self.batch_size, self.seed = root, batch_size, seed
+        self.root, self.batch_size, self.seed, self.val_size = root, batch_size, seed, val_size
 
     def setup(self, stage: str | None = None) -> None:
         from torchvision import datasets, transforms
@@ -96,7 +97,8 @@ class TorchvisionDataModule(pl.LightningDataModule):
         tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.2860,), (0.3530,))])
         full = datasets.FashionMNIST(str(self.root), train=True, download=True, transform=tf)
         gen = torch.Generator().manual_seed(self.seed)
-        self.train_set, self.val_set = random_split(full, [55_000, 5_000], generator=gen)
+        sizes = [len(full) - self.val_size, self.val_size]  # 55,000 + 5,000 on the real data
+        self.train_set, self.val_set = random_split(full, sizes, generator=gen)
 
     def train_dataloader(self) -> DataLoader[Any]:
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
@@ -151,7 +153,7 @@ def epoch_dataloader(run: RunConfig, root: Path) -> float:
     timer = EpochTimer()
 
     def factory(config: TrialConfig, run: RunConfig) -> pl.LightningDataModule:
-        return TorchvisionDataModule(root, config.batch_size, run.seed)
+        return TorchvisionDataModule(root, config.batch_size, run.seed, run.val_size)
 
     kwargs = {"extra_callbacks": [timer], "make_datamodule": factory}
     run_study(run, 1, enqueue=BASELINE_PARAMS, objective_kwargs=kwargs)
@@ -172,7 +174,7 @@ def epoch_raw(run: RunConfig) -> float:
     net = MLP(config.hidden_sizes).to(device)
     opt = OPTIMIZERS[config.optimizer](net.parameters(), config.lr, config.weight_decay)
     batches = data.TensorBatches(s.images, s.labels, s.train_idx, 128, s.mean, s.std, True)
-    val = data.TensorBatches(s.images, s.labels, s.val_idx, 5_000, s.mean, s.std)
+    val = data.TensorBatches(s.images, s.labels, s.val_idx, 1_000, s.mean, s.std)  # as (b)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=2 * len(batches))
     black = -s.mean / s.std
     times = []
@@ -213,7 +215,10 @@ def pruning(
 ) -> dict[str, float]:
     """Epochs trained and best value of the same seeded random-sampler study, median vs none."""
     out: dict[str, float] = {}
-    kwargs = {"trainer_overrides": {"limit_train_batches": train_fraction}}
+    n_train = len(data.load_raw(run.data_dir).train_y) - run.val_size
+    fewest_batches = math.ceil(n_train / max(BATCH_SIZES))
+    fraction = max(train_fraction, 1 / fewest_batches)  # at least one batch (tiny test data)
+    kwargs = {"trainer_overrides": {"limit_train_batches": fraction}}
     for pruner in ("median", "none"):
         cfg = dataclasses.replace(
             run,
@@ -249,13 +254,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="reduced version, about a minute")
     p.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--repeats", type=int, help="repeats per pipeline (default 5, quick 2)")
+    p.add_argument(
+        "--val-size", type=int, default=RunConfig.val_size, help="validation images (default 5000)"
+    )
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        data.load_raw(args.data_dir)
+        n_images = len(data.load_raw(args.data_dir).train_y)
+        if not 0 < args.val_size < n_images:
+            raise data.DataError(
+                f"--val-size {args.val_size} does not fit {n_images} training images; "
+                f"use 1 to {n_images - 1}"
+            )
     except data.DataError as err:
         print(f"benchmark: error: {err}", file=sys.stderr)
         return 2
@@ -269,7 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         for path in (data.find_files(args.data_dir) or {}).values():
             shutil.copy(path, raw_dir / path.name)
         base = RunConfig(
-            data_dir=args.data_dir, max_epochs=2, accelerator=args.accelerator, early_stopping=99
+            data_dir=args.data_dir,
+            max_epochs=2,
+            accelerator=args.accelerator,
+            early_stopping=99,
+            val_size=args.val_size,
         )
         counter = iter(range(10_000))
 
