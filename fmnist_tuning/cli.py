@@ -235,11 +235,7 @@ def run(config: RunConfig) -> int:
         try:
             data.download(config.data_dir)  # no-op when the files are there
             raw = data.load_raw(config.data_dir)  # decode and validate now, before any output
-            if config.val_size >= len(raw.train_y):
-                raise UsageError(
-                    f"--val-size {config.val_size} leaves no training images of "
-                    f"{len(raw.train_y)}; use a smaller one"
-                )
+            data.check_val_size(raw, config.val_size)
             the_study = study.load_or_create(config)
             config.output_dir.mkdir(parents=True, exist_ok=True)
             failed = any(workers.run(the_study, config))

@@ -256,13 +256,19 @@ def pixel_stats(images: torch.Tensor, rows: torch.Tensor) -> tuple[float, float]
     return mean / 255, var**0.5 / 255
 
 
+def check_val_size(raw: RawFashionMNIST, val_size: int) -> None:
+    """Raises :class:`DataError` unless ``val_size`` leaves training images on both sides."""
+    n = raw.train_x.shape[0]
+    if not 0 < val_size < n:
+        raise DataError(f"--val-size {val_size} does not fit {n} training images; use 1 to {n - 1}")
+
+
 def make_splits(
     raw: RawFashionMNIST, val_size: int, seed: int, device: torch.device | str = "cpu"
 ) -> Splits:
     """Seeded train/val split of the official training set, with the train-split statistics."""
+    check_val_size(raw, val_size)
     n = raw.train_x.shape[0]
-    if not 0 < val_size < n:
-        raise DataError(f"--val-size {val_size} does not fit {n} training images; use 1 to {n - 1}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     train_idx, val_idx = order[val_size:], order[:val_size]
     mean, std = pixel_stats(raw.train_x, train_idx)

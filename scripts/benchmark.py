@@ -264,12 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.ERROR)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        n_images = len(data.load_raw(args.data_dir).train_y)
-        if not 0 < args.val_size < n_images:
-            raise data.DataError(
-                f"--val-size {args.val_size} does not fit {n_images} training images; "
-                f"use 1 to {n_images - 1}"
-            )
+        data.check_val_size(data.load_raw(args.data_dir), args.val_size)
     except data.DataError as err:
         print(f"benchmark: error: {err}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fmnist_tuning.cli import AUTO_WORKERS, main, parse_config
-from tests.conftest import VAL_SIZE
+from tests.conftest import N_TRAIN, VAL_SIZE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,6 +79,7 @@ def test_patience_stops_the_study(fake_data_dir: Path, tmp_path: Path) -> None:
         ["--workers", "0"],
         ["--workers", "many"],
         ["--heartbeat-interval", "10", "--grace-period", "5"],
+        ["--val-size", str(N_TRAIN)],  # leaves no training image
     ],
 )
 def test_bad_flags_exit_2_with_one_line(

@@ -89,7 +89,7 @@ def test_no_trainer_outlives_its_trial(
     monkeypatch.setattr(objective, "_MALLOC_TRIM", trims.append)
     seen: list[int] = []
 
-    class CountTrainers(Callback):  # long-lived: Lightning binds the module's log methods onto it
+    class LongLived(Callback):  # long-lived: Lightning binds the module's log methods onto it
         def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             seen.append(1)
 
@@ -100,7 +100,7 @@ def test_no_trainer_outlives_its_trial(
     run = dataclasses.replace(run_config, max_epochs=1)
     study = load_or_create(dataclasses.replace(run, warm_start=False))
     study.optimize(
-        objective.Objective(run, extra_callbacks=[CountTrainers()]),
+        objective.Objective(run, extra_callbacks=[LongLived()]),
         n_trials=2,
         gc_after_trial=True,
         callbacks=[objective.release_memory, live_trainers],
