@@ -68,3 +68,50 @@ def test_optimizer_steps_match_torchs_reference_implementation(name: str) -> Non
 def test_unknown_optimizer_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown optimizer"):
         FashionMNISTClassifier(optimizer="lbfgs")
+
+
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
+@pytest.mark.parametrize(("optimizer", "scheduler"), [("adamw", "onecycle"), ("sgd", "none")])
+def test_lightning_training_takes_the_same_steps_as_a_plain_torch_loop(
+    optimizer: str, scheduler: str
+) -> None:
+    """training_step's manual optimization: zero_grad, backward, step and schedule, every batch."""
+    import lightning.pytorch as pl
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+    x, y = torch.randn(96, 784), torch.randint(0, 10, (96,))
+    batches = DataLoader(TensorDataset(x, y), batch_size=32)  # 3 batches, fixed order
+    kwargs = {"optimizer": optimizer, "lr": 0.01, "weight_decay": 1e-3, "label_smoothing": 0.1}
+    module = FashionMNISTClassifier((16,), batch_norm=True, scheduler=scheduler, **kwargs)
+    reference = MLP((16,), batch_norm=True)
+    reference.load_state_dict(module.model.state_dict())
+    trainer = pl.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, train_dataloaders=batches)
+
+    opt = OPTIMIZERS[optimizer](reference.parameters(), 0.01, 1e-3)
+    onecycle = scheduler == "onecycle"  # (OneCycleLR sets the rate as soon as it is built)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 0.01, total_steps=6) if onecycle else None
+    total = torch.zeros(())
+    for _ in range(2):
+        total.zero_()
+        for xb, yb in batches:
+            loss = F.cross_entropy(reference(xb), yb, label_smoothing=0.1)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            total += loss.detach() * len(yb)
+    assert trainer.global_step == 6  # one optimizer step per batch
+    for ours, theirs in zip(module.model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(trainer.callback_metrics["train/loss"], total / 96)
