@@ -13,7 +13,7 @@ from tests.processes import ROOT
 JSON_KEYS = {
     "epoch_s": {"dataloader", "project", "raw"},
     "pruning": {"epochs_median", "epochs_none", "best_median", "best_none"},
-    "rss_mb": {"peak", "growth_5_50"},
+    "rss_mb": {"peak", "growth_5_50", "before_trials"},
 }
 
 
@@ -39,6 +39,7 @@ def test_quick_benchmark_prints_its_table_and_writes_the_json_contract(
     for key in ("speedup_vs_dataloader", "overhead_vs_raw", "trial_overhead_s"):
         assert result[key] > 0
     assert result["pruning"]["epochs_none"] >= result["pruning"]["epochs_median"] > 0
+    assert 0 < result["rss_mb"]["before_trials"] <= result["rss_mb"]["peak"]
 
 
 def test_benchmark_with_a_missing_data_dir_exits_2_with_one_line(tmp_path: Path) -> None:
