@@ -32,6 +32,7 @@ OPTIMIZERS: dict[str, Callable[[Iterator[nn.Parameter], float, float], torch.opt
     "rmsprop": lambda p, lr, wd: torch.optim.RMSprop(p, lr=lr, weight_decay=wd),
 }
 SCHEDULERS = ("none", "onecycle")
+_PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "_loss_count"})  # never tensors or modules
 
 
 class MLP(nn.Module):
@@ -127,6 +128,16 @@ class FashionMNISTClassifier(pl.LightningModule):
         # gradient-clipping hooks around it: 1.06 -> 1.01 s per epoch of the benchmark's
         # 784-128-10 model, the Trainer's share of which is what scripts/benchmark.py measures.
         self.automatic_optimization = False
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning records the running hook's name in _current_fx_name about 30 times per training
+        # step; nn.Module.__setattr__ would first look for a parameter, buffer or submodule of that
+        # name each time (~1 us). Plain bookkeeping attributes go straight to the instance, where
+        # nn.Module would put them too.
+        if name in _PLAIN_ATTRIBUTES:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.model(x)

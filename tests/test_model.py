@@ -115,3 +115,24 @@ def test_lightning_training_takes_the_same_steps_as_a_plain_torch_loop(
     for ours, theirs in zip(module.model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(ours, theirs)
     torch.testing.assert_close(trainer.callback_metrics["train/loss"], total / 96)
+
+
+def test_hook_bookkeeping_attributes_skip_module_registration(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Lightning's per-step bookkeeping bypasses nn.Module's lookups and lands where it would."""
+    module, extra = FashionMNISTClassifier((8,)), nn.Linear(2, 2)
+    slow_path: list[str] = []
+    original = nn.Module.__setattr__
+
+    def recording(self: nn.Module, name: str, value: object) -> None:
+        slow_path.append(name)
+        original(self, name, value)
+
+    monkeypatch.setattr(nn.Module, "__setattr__", recording)
+    module._current_fx_name = "training_step"
+    module._loss_count = 7
+    assert slow_path == []
+    assert vars(module)["_current_fx_name"] == "training_step" and vars(module)["_loss_count"] == 7
+    module.extra = extra  # everything else still registers as usual
+    assert slow_path == ["extra"] and "extra.weight" in module.state_dict()
