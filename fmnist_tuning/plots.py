@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import itertools
 import logging
-import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -28,6 +27,8 @@ if "matplotlib.pyplot" not in sys.modules:
 import matplotlib.pyplot as plt
 import optuna.visualization as vis
 import optuna.visualization.matplotlib as vis_mpl
+
+from fmnist_tuning.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -242,12 +243,6 @@ def make_plots(study: optuna.Study) -> list[Plot]:
     return [draw(study, spec) for spec in SPECS]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def plotly_js() -> str:
     """The minified plotly.js bundle shipped with the installed plotly (offline, no CDN)."""
     from plotly.offline import get_plotlyjs
@@ -266,7 +261,7 @@ def write_plots(plots: list[Plot], folder: Path) -> None:
         js = plotly_js().encode()
         target = folder / PLOTLY_JS
         if not target.is_file() or target.stat().st_size != len(js):
-            _write_atomic(target, js)
+            write_atomic(target, js)
     for plot in plots:
         html, png = folder / f"{plot.name}.html", folder / f"{plot.name}.png"
         if plot.skipped is not None:
@@ -275,6 +270,6 @@ def write_plots(plots: list[Plot], folder: Path) -> None:
             png.unlink(missing_ok=True)
             continue
         page = plot.figure.to_html(include_plotlyjs="directory", full_html=True)
-        _write_atomic(html, page.encode())
+        write_atomic(html, page)
         assert plot.png is not None
-        _write_atomic(png, plot.png)
+        write_atomic(png, plot.png)

@@ -16,7 +16,6 @@ import html
 import io
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from fmnist_tuning import __version__, plots
 from fmnist_tuning.config import RunConfig, default_data_dir
 from fmnist_tuning.data import CLASS_NAMES, N_CLASSES, DataError, FashionMNISTDataModule, load_raw
+from fmnist_tuning.files import write_atomic
 from fmnist_tuning.model import FashionMNISTClassifier
 from fmnist_tuning.study import redact
 
@@ -527,9 +527,7 @@ def write_report(study: optuna.Study, run: RunConfig) -> Path:
                 png.unlink(missing_ok=True)
     page = render_html(study, run, drawn, evaluation)
     path = run.output_dir / REPORT_FILE
-    tmp = path.with_name(f".{REPORT_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, page)
     log.info("report → %s", path)
     return path
 

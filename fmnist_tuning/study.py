@@ -35,6 +35,7 @@ from fmnist_tuning.faults import (
     defer_interrupts,
     raise_if_interrupted,
 )
+from fmnist_tuning.files import write_atomic
 from fmnist_tuning.objective import (
     CHECKPOINT_DIR,
     FINAL_CHECKPOINT,
@@ -601,9 +602,7 @@ def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
         "trials": {s.name.lower(): states.count(s) for s in TrialState if states.count(s)},
     }
     path = run.output_dir / "best.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(result, indent=2) + "\n")
     return result
 
 
