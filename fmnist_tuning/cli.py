@@ -288,6 +288,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):  # until run() takes over (imports: seconds)
             previous[signum] = signal.signal(signum, _exit_on_signal)
     try:
+        from fmnist_tuning.startup import skip_triton_without_a_gpu
+
+        skip_triton_without_a_gpu()  # before the first Lightning import
         if args == [WORKER_FLAG]:
             return _worker()
         from fmnist_tuning.data import DataError

@@ -19,6 +19,7 @@ of several repeats, because ratios measured side by side are what hold on a nois
 4. Memory: peak RSS and RSS growth from trial 5 to trial 50 of one 50-trial study.
 """
 
+# ruff: noqa: E402
 from __future__ import annotations
 
 import argparse
@@ -38,6 +39,12 @@ from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
+
+from fmnist_tuning.startup import skip_triton_without_a_gpu
+
+# As fmnist-tune does, before the first Lightning import (hence E402 below): what is measured is
+# the memory of the tuning process that users run.
+skip_triton_without_a_gpu()
 
 import lightning.pytorch as pl
 import optuna
