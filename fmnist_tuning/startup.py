@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -35,4 +36,13 @@ def skip_triton_without_a_gpu() -> bool:
     if torch.cuda.is_available():
         return False
     sys.modules["triton"] = None  # type: ignore[assignment]
+    # Lightning imports torch's flop counter, which, on a CUDA build without Triton, warns once at
+    # import that it cannot count Triton kernels: true, and nothing here runs one.
+    flop_log = logging.getLogger("torch.utils.flop_counter")
+    level = flop_log.level
+    flop_log.setLevel(logging.ERROR)
+    try:
+        import torch.utils.flop_counter
+    finally:
+        flop_log.setLevel(level)
     return True
