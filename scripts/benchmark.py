@@ -177,6 +177,9 @@ def epoch_raw(run: RunConfig) -> float:
     """
     config = suggest_config(optuna.trial.FixedTrial(BASELINE_PARAMS))
     device = torch.device("cuda" if uses_gpu(run.accelerator) else "cpu")
+    # The objective's Trainer runs bf16-mixed on such GPUs: the same autocast here.
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     s = data.make_splits(data.load_raw(run.data_dir), run.val_size, run.seed, device)
     torch.manual_seed(0)
     net = MLP(config.hidden_sizes).to(device)
@@ -191,13 +194,14 @@ def epoch_raw(run: RunConfig) -> float:
         net.train()
         for x, y in batches:
             x = data.augment(x, config.flip, config.shift, black)
-            loss = F.cross_entropy(net(x), y, label_smoothing=config.label_smoothing)
+            with autocast:
+                loss = F.cross_entropy(net(x), y, label_smoothing=config.label_smoothing)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
         net.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             sum(int((net(x).argmax(1) == y).sum()) for x, y in val)
         times.append(time.perf_counter() - start)
     return times[-1]
