@@ -153,6 +153,12 @@ def build_datamodule(
     )
 
 
+def _remove_checkpoint(checkpoint: ModelCheckpoint) -> None:
+    """Deletes the file a pruned trial's checkpoint callback wrote, if it wrote one yet."""
+    if checkpoint.best_model_path:  # "" before the first save: Path("") would be the cwd
+        Path(checkpoint.best_model_path).unlink(missing_ok=True)
+
+
 DataModuleFactory = Callable[[TrialConfig, RunConfig], pl.LightningDataModule]
 
 
@@ -214,7 +220,7 @@ class Objective:
         try:
             trainer.fit(module, datamodule=self.make_datamodule(config, run))
         except optuna.TrialPruned:
-            Path(checkpoint.best_model_path or "").unlink(missing_ok=True)
+            _remove_checkpoint(checkpoint)
             raise
         except (TrialFailure, Interrupted, SystemExit) as err:
             # Lightning turns Ctrl-C into sys.exit(1) and SIGTERM into SIGTERMException.
@@ -241,7 +247,7 @@ class Objective:
                 gc.collect()  # before empty_cache, so the trial's tensors are really released
                 torch.cuda.empty_cache()
         if out_of_memory:
-            Path(checkpoint.best_model_path or "").unlink(missing_ok=True)
+            _remove_checkpoint(checkpoint)
             trial.set_user_attr(FAIL_REASON, out_of_memory)
             raise optuna.TrialPruned(out_of_memory)
         trial.set_user_attr("checkpoint", str(Path(checkpoint.best_model_path).resolve()))

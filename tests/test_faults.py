@@ -112,6 +112,42 @@ def test_nan_loss_fails_the_trial_with_its_reason_and_the_study_goes_on(
     assert not (run.output_dir / "checkpoints" / "trial_0000.ckpt").exists()
 
 
+class RaiseAtTrainStart(Callback):
+    """Raises ``error`` before the first batch: no checkpoint has been written yet."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (optuna.TrialPruned(), None),
+        (torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)"), "out of memory"),
+    ],
+)
+def test_a_trial_ended_before_its_first_checkpoint_is_pruned_cleanly(
+    run_config: RunConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception,
+    reason: str | None,
+) -> None:  # fmt: skip
+    # Once found on a GPU: the cleanup then tried to delete Path("") (the working directory).
+    monkeypatch.chdir(tmp_path)
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(GOOD)
+    run = dataclasses.replace(run_config, max_epochs=1)
+    study.optimize(objective.Objective(run, extra_callbacks=[RaiseAtTrainStart(error)]), n_trials=1)
+    (trial,) = study.trials
+    assert trial.state == TrialState.PRUNED
+    if reason is None:
+        assert "fail_reason" not in trial.user_attrs
+    else:
+        assert reason in trial.user_attrs["fail_reason"]
+    assert not list((run.output_dir / objective.CHECKPOINT_DIR).glob("*.ckpt"))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU to run out of memory")
 def test_cuda_out_of_memory_prunes_the_trial_frees_memory_and_the_study_goes_on(
     run_config: RunConfig,
