@@ -43,6 +43,7 @@ from fmnist_tuning.objective import (
     evaluate_test,
     release_memory,
     retrain_full,
+    spare_long_lived_objects,
     trial_name,
 )
 from fmnist_tuning.search_space import (
@@ -495,6 +496,7 @@ def optimize(study: optuna.Study, run: RunConfig, parent_pid: int | None = None)
         lambda s, _: prune_checkpoints(s, run.output_dir / CHECKPOINT_DIR),
         release_memory,
     ]
+    spare_long_lived_objects()
     claim = _ClaimLock(run.output_dir / CLAIM_LOCK)
     runner = _Runner(Objective(run), claim)
     heartbeats = journal_path(run.storage_url) is None

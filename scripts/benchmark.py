@@ -56,7 +56,7 @@ from torch.utils.data import DataLoader, random_split
 from fmnist_tuning import data
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.model import MLP, OPTIMIZERS
-from fmnist_tuning.objective import Objective, release_memory, uses_gpu
+from fmnist_tuning.objective import Objective, release_memory, spare_long_lived_objects, uses_gpu
 from fmnist_tuning.search_space import BATCH_SIZES, TrialConfig, suggest_config
 from fmnist_tuning.study import make_pruner, make_sampler
 
@@ -140,6 +140,7 @@ def run_study(
     )
     for _ in range(n_trials if enqueue else 0):
         study.enqueue_trial(enqueue)
+    spare_long_lived_objects()  # as fmnist_tuning.study.optimize does before its first trial
     study.optimize(
         Objective(run, **(objective_kwargs or {})),
         n_trials=n_trials,

@@ -128,3 +128,18 @@ def test_cpu_only_trainer_stops_looking_for_the_nvidia_driver_every_step(
     objective.build_trainer(run_config)
     assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "0"
     assert not torch.cuda.is_available()
+
+
+def test_the_trial_loop_spares_long_lived_objects_yet_frees_each_trial(
+    run_config: RunConfig,
+) -> None:
+    """Imports, data and study are frozen out of the per-trial collection; trials are not."""
+    gc.unfreeze()  # whatever earlier tests in this process froze
+    try:
+        study = load_or_create(dataclasses.replace(run_config, n_trials=2, max_epochs=1))
+        optimize(study, dataclasses.replace(run_config, n_trials=2, max_epochs=1))
+        assert len(study.trials) == 2
+        assert gc.get_freeze_count() > 10_000  # torch, Lightning, Optuna: never walked again
+        assert not [o for o in gc.get_objects() if isinstance(o, pl.Trainer)]  # still collected
+    finally:
+        gc.unfreeze()
