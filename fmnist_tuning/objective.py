@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import gc
@@ -9,7 +10,7 @@ import os
 import signal
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,20 +91,27 @@ def release_memory(*_: object) -> None:
         _MALLOC_TRIM(0)
 
 
-def spare_long_lived_objects() -> None:
+@contextlib.contextmanager
+def spare_long_lived_objects() -> Iterator[None]:
     """Keeps the garbage collector from walking, after every trial, what outlives all trials.
 
     ``study.optimize(gc_after_trial=True)`` runs a full collection after each trial, so that the
     trial's Trainer, module and tensors (held in reference cycles) are freed at once; on a GPU the
     objective also collects before it empties CUDA's cache. A full collection walks every tracked
     object: ~450,000 once torch, Lightning and Optuna are imported, 0.33-0.45 s on the 2-core
-    reference CPU. ``gc.freeze()`` moves everything alive now (modules, the decoded data, the
-    study) into a generation the collector skips, so each collection walks only what was made
-    since: under 1 ms here. Objects made later are collected as before; called once per trial
-    loop, before its first trial.
+    reference CPU. Around a trial loop, ``gc.freeze()`` moves everything alive at its start
+    (modules, the decoded data, the study) into a generation the collector skips, so each
+    collection walks only what was made since: under 1 ms here. Objects made inside are collected
+    as before. On exit the freeze is undone, unless the process had frozen objects of its own.
     """
+    frozen_before = gc.get_freeze_count()
     gc.collect()
     gc.freeze()
+    try:
+        yield
+    finally:
+        if not frozen_before:
+            gc.unfreeze()
 
 
 _NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"

@@ -20,8 +20,8 @@ def skip_triton_without_a_gpu() -> bool:
     project never compiles anything, so no computation changes.
 
     Called by ``fmnist-tune`` (and its workers) and by ``scripts/benchmark.py`` before their first
-    Lightning import. Does nothing when a CUDA device is visible, when Triton is already imported,
-    or when ``FMNIST_KEEP_TRITON=1``.
+    Lightning import. Does nothing when a CUDA device is visible, when Triton is already imported
+    (or already kept out), or when ``FMNIST_KEEP_TRITON=1``.
 
     Returns:
         Whether Triton was kept out.

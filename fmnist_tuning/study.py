@@ -496,12 +496,11 @@ def optimize(study: optuna.Study, run: RunConfig, parent_pid: int | None = None)
         lambda s, _: prune_checkpoints(s, run.output_dir / CHECKPOINT_DIR),
         release_memory,
     ]
-    spare_long_lived_objects()
     claim = _ClaimLock(run.output_dir / CLAIM_LOCK)
     runner = _Runner(Objective(run), claim)
     heartbeats = journal_path(run.storage_url) is None
     total = math.inf if run.n_trials is None else run.n_trials
-    with defer_interrupts():
+    with defer_interrupts(), spare_long_lived_objects():
         try:
             while True:
                 raise_if_interrupted()

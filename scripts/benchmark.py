@@ -140,13 +140,13 @@ def run_study(
     )
     for _ in range(n_trials if enqueue else 0):
         study.enqueue_trial(enqueue)
-    spare_long_lived_objects()  # as fmnist_tuning.study.optimize does before its first trial
-    study.optimize(
-        Objective(run, **(objective_kwargs or {})),
-        n_trials=n_trials,
-        callbacks=[release_memory, *(callbacks or [])],
-        gc_after_trial=True,
-    )
+    with spare_long_lived_objects():  # as fmnist_tuning.study.optimize runs its trials
+        study.optimize(
+            Objective(run, **(objective_kwargs or {})),
+            n_trials=n_trials,
+            callbacks=[release_memory, *(callbacks or [])],
+            gc_after_trial=True,
+        )
     return study
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import weakref
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import optuna
@@ -131,15 +133,23 @@ def test_cpu_only_trainer_stops_looking_for_the_nvidia_driver_every_step(
 
 
 def test_the_trial_loop_spares_long_lived_objects_yet_frees_each_trial(
-    run_config: RunConfig,
+    run_config: RunConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Imports, data and study are frozen out of the per-trial collection; trials are not."""
-    gc.unfreeze()  # whatever earlier tests in this process froze
-    try:
-        study = load_or_create(dataclasses.replace(run_config, n_trials=2, max_epochs=1))
-        optimize(study, dataclasses.replace(run_config, n_trials=2, max_epochs=1))
-        assert len(study.trials) == 2
-        assert gc.get_freeze_count() > 10_000  # torch, Lightning, Optuna: never walked again
-        assert not [o for o in gc.get_objects() if isinstance(o, pl.Trainer)]  # still collected
-    finally:
-        gc.unfreeze()
+    """During the loop imports, data and study are frozen out of collection; trials are not."""
+    gc.unfreeze()  # whatever else this test process froze
+    frozen: list[int] = []
+    trainers: list[weakref.ref[pl.Trainer]] = []
+    build = objective.build_trainer
+
+    def spy(*args: Any, **kwargs: Any) -> pl.Trainer:
+        trainer = build(*args, **kwargs)
+        frozen.append(gc.get_freeze_count())
+        trainers.append(weakref.ref(trainer))
+        return trainer
+
+    monkeypatch.setattr(objective, "build_trainer", spy)
+    run = dataclasses.replace(run_config, n_trials=2, max_epochs=1)
+    optimize(load_or_create(run), run)
+    assert len(frozen) == 2 and min(frozen) > 10_000  # torch, Lightning, Optuna: not walked
+    assert not any(ref() for ref in trainers)  # each trial's Trainer was still collected
+    assert gc.get_freeze_count() == 0  # and the loop undid its freeze
