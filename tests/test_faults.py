@@ -113,32 +113,32 @@ def test_nan_loss_fails_the_trial_with_its_reason_and_the_study_goes_on(
 
 
 class RaiseAtTrainStart(Callback):
-    """Raises ``error`` before the first batch: no checkpoint has been written yet."""
+    """Raises ``error_type(*args)`` before the first batch: no checkpoint has been written yet."""
 
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
+    def __init__(self, error_type: type[Exception], *args: str) -> None:
+        self.error_type, self.args = error_type, args
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        raise self.error
+        # A new exception each time: one made at collection would keep, in its traceback, this
+        # trial's Trainer alive for the rest of the session.
+        raise self.error_type(*self.args)
 
 
 @pytest.mark.parametrize(
-    ("error", "reason"),
-    [
-        (optuna.TrialPruned(), None),
-        (torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)"), "out of memory"),
-    ],
+    ("error_type", "reason"),
+    [(optuna.TrialPruned, None), (torch.cuda.OutOfMemoryError, "out of memory")],
 )
 def test_a_trial_ended_before_its_first_checkpoint_is_pruned_cleanly(
-    run_config: RunConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception,
-    reason: str | None,
+    run_config: RunConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    error_type: type[Exception], reason: str | None,
 ) -> None:  # fmt: skip
     # Once found on a GPU: the cleanup then tried to delete Path("") (the working directory).
     monkeypatch.chdir(tmp_path)
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial(GOOD)
     run = dataclasses.replace(run_config, max_epochs=1)
-    study.optimize(objective.Objective(run, extra_callbacks=[RaiseAtTrainStart(error)]), n_trials=1)
+    raising = RaiseAtTrainStart(error_type, "CUDA out of memory (simulated)")
+    study.optimize(objective.Objective(run, extra_callbacks=[raising]), n_trials=1)
     (trial,) = study.trials
     assert trial.state == TrialState.PRUNED
     if reason is None:
