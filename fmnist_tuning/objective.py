@@ -49,6 +49,11 @@ def uses_gpu(accelerator: str) -> bool:
     return accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
 
 
+def uses_bf16(accelerator: str) -> bool:
+    """Whether trials under ``accelerator`` train in bf16 mixed precision (GPUs that support it)."""
+    return uses_gpu(accelerator) and torch.cuda.is_bf16_supported()
+
+
 class ValHistory(Callback):
     """Records the monitored metric after every validation epoch (the trial's curve).
 
@@ -144,7 +149,7 @@ def build_trainer(
         "accelerator": "gpu" if gpu else "cpu",
         "devices": 1,
         "max_epochs": run.max_epochs,
-        "precision": "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true",
+        "precision": "bf16-mixed" if uses_bf16(run.accelerator) else "32-true",
         "logger": logger if logger is not None else False,
         "callbacks": callbacks or [],
         "enable_checkpointing": any(isinstance(c, ModelCheckpoint) for c in callbacks or []),

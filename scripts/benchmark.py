@@ -56,7 +56,13 @@ from torch.utils.data import DataLoader, random_split
 from fmnist_tuning import data
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.model import MLP, OPTIMIZERS
-from fmnist_tuning.objective import Objective, release_memory, spare_long_lived_objects, uses_gpu
+from fmnist_tuning.objective import (
+    Objective,
+    release_memory,
+    spare_long_lived_objects,
+    uses_bf16,
+    uses_gpu,
+)
 from fmnist_tuning.search_space import BATCH_SIZES, TrialConfig, suggest_config
 from fmnist_tuning.study import make_pruner, make_sampler
 
@@ -178,9 +184,8 @@ def epoch_raw(run: RunConfig) -> float:
     """
     config = suggest_config(optuna.trial.FixedTrial(BASELINE_PARAMS))
     device = torch.device("cuda" if uses_gpu(run.accelerator) else "cpu")
-    # The objective's Trainer runs bf16-mixed on such GPUs: the same autocast here.
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    # Where the objective's Trainer runs bf16-mixed, the same autocast here.
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(run.accelerator))
     s = data.make_splits(data.load_raw(run.data_dir), run.val_size, run.seed, device)
     torch.manual_seed(0)
     net = MLP(config.hidden_sizes).to(device)
