@@ -136,6 +136,37 @@ def _cheap_cuda_checks_without_a_gpu() -> None:
         os.environ[_NVML_CHECK] = "0"
 
 
+# The callback hooks Lightning calls once or more per batch.
+BATCH_HOOKS = (
+    *(
+        f"on_{stage}_batch_{when}"
+        for stage in ("train", "validation", "test", "predict")
+        for when in ("start", "end")
+    ),
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "on_before_zero_grad",
+)
+
+
+def skip_unused_batch_hooks(callbacks: Sequence[Callback]) -> None:
+    """Spares Lightning the calls of the per-batch hooks that a callback only inherits (no-ops).
+
+    Lightning calls every hook of every callback, each inside a profiler context, whether the
+    callback does anything there or not; it passes over an attribute that is not callable. A
+    benchmark trial of the 784-128-10 model (five callbacks and a timer) made 13,014 callback
+    calls per epoch, nearly all of them no-ops; with those skipped it makes 919, and the epoch
+    took 0.012-0.054 s less (medians of three paired runs of 10-15 repeats) on the 2-core
+    reference CPU, out of Lightning's ~0.2 s share. Hooks a callback overrides are kept, and so
+    is every hook that runs once per epoch or less.
+    """
+    for callback in callbacks:
+        for hook in BATCH_HOOKS:
+            if getattr(type(callback), hook) is getattr(Callback, hook):
+                setattr(callback, hook, None)
+
+
 def build_trainer(
     run: RunConfig,
     callbacks: list[Callback] | None = None,
@@ -159,6 +190,7 @@ def build_trainer(
         "log_every_n_steps": 50,
     }
     kwargs.update(overrides)
+    skip_unused_batch_hooks(kwargs["callbacks"])
     return pl.Trainer(**kwargs)
 
 

@@ -121,6 +121,32 @@ def test_the_study_runner_releases_memory_after_every_trial(
     assert trims == [0, 0, 0]
 
 
+class _BatchCounter(Callback):
+    def __init__(self) -> None:
+        self.train_batches = 0
+        self.val_epochs = 0
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.train_batches += 1
+
+    def on_validation_epoch_end(self, *args: Any) -> None:
+        self.val_epochs += 1
+
+
+def test_the_trainer_skips_only_the_batch_hooks_a_callback_inherits(run_config: RunConfig) -> None:
+    counter = _BatchCounter()
+    config = TrialConfig(hidden_sizes=(16,))
+    trainer = build_trainer(run_config, [counter], max_epochs=2, limit_train_batches=3)
+    # Inherited per-batch no-ops are no longer callable, so Lightning passes them by ...
+    assert counter.on_validation_batch_end is None
+    assert counter.on_before_backward is None
+    trainer.fit(build_module(config, run_config), datamodule=build_datamodule(config, run_config))
+    # ... while the hooks the callback defines still run, per batch and per epoch.
+    assert counter.train_batches == 6
+    assert counter.val_epochs == 2
+    assert trainer.state.finished
+
+
 def test_cpu_only_trainer_stops_looking_for_the_nvidia_driver_every_step(
     run_config: RunConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
