@@ -1,10 +1,8 @@
-"""Command line: flags → :class:`RunConfig` → study → ``best.json``.
+"""The command line: flags → :class:`RunConfig` → the study, final model and report → exit code.
 
 Exit codes: 0 success, 1 no trial completed (or a worker died before the study was done), 2 bad
 input (flags, data files, storage, an incompatible stored study), 130 / 143 interrupted by SIGINT /
 SIGTERM (the running trials are FAIL; rerun the same command to resume).
-
-``python -m fmnist_tuning.cli --worker`` is one of the processes of ``--workers N``.
 """
 
 from __future__ import annotations
@@ -12,21 +10,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from fmnist_tuning.config import RunConfig, default_data_dir
+from fmnist_tuning.faults import exit_on_signals
+from fmnist_tuning.keys import BEST_JSON
 
 log = logging.getLogger("fmnist_tuning")
 
 EXIT_OK, EXIT_NO_RESULT, EXIT_USAGE = 0, 1, 2
-WORKER_FLAG = "--worker"  # internal: this process is one of the workers of --workers N
-WORKER_COMMAND = [sys.executable, "-m", "fmnist_tuning.cli", WORKER_FLAG]
 # What --workers auto means: one worker process per core, one torch thread each. Measured on the
 # 2-core reference CPU (16-point grid, 2-epoch trials): 2 workers 15.9 trials/min, 1 worker 11.9.
 AUTO_WORKERS = max(1, os.cpu_count() or 1)
@@ -187,70 +182,54 @@ def parse_config(argv: Sequence[str] | None = None) -> RunConfig:
     )
 
 
-def configure_logging(prefix: str = "") -> None:
-    """Our one line per trial on stderr; Lightning's device banners and Optuna's echo off.
-
-    Args:
-        prefix: Starts every line (e.g. the worker's number).
-    """
-    import optuna
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(message)s", "%H:%M:%S"))
-    log.handlers[:] = [handler]
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    for noisy in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    trial_loop = logging.getLogger("optuna.study._optimize")
-    trial_loop.filters[:] = [_HandledFailures()]
-
-
-class _HandledFailures(logging.Filter):
-    """Drops Optuna's traceback for a trial that failed for a known reason (NaN loss, a signal).
-
-    Our own line for the trial says FAIL, and its ``fail_reason`` attribute says why.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from fmnist_tuning.faults import Interrupted, TrialFailure
-
-        error = record.exc_info[1] if record.exc_info else None
-        return not isinstance(
-            error, (TrialFailure, Interrupted)
-        ) and "failed with value None" not in str(record.msg)
-
-
 def run(config: RunConfig) -> int:
-    """Validates data and storage, runs the study, writes ``best.json``; returns the exit code."""
+    """Validates data and storage, runs the study, makes the final model and the report.
+
+    Call after :func:`fmnist_tuning.runtime.setup_process`.
+
+    Returns:
+        The exit code.
+    """
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from fmnist_tuning import data, parallel, report, study
+    from fmnist_tuning import raw, study
     from fmnist_tuning.faults import Interrupted, catch_signals, received_signal
+    from fmnist_tuning.final import finalize
+    from fmnist_tuning.loop import optimize
+    from fmnist_tuning.progress import summarize
+    from fmnist_tuning.report import write_report
 
-    workers = parallel.Workers(WORKER_COMMAND)
+    workers = None
+    if config.workers > 1:
+        from fmnist_tuning.parallel import Workers
+
+        workers = Workers()
     the_study = None
-    with catch_signals(on_signal=workers.forward):
+    with catch_signals(on_signal=workers.forward if workers else None):
         try:
-            data.download(config.data_dir)  # no-op when the files are there
-            raw = data.load_raw(config.data_dir)  # decode and validate now, before any output
-            data.check_val_size(raw, config.val_size)
+            raw.download(config.data_dir)  # no-op when the files are there
+            data = raw.load_raw(config.data_dir)  # decode and validate now, before any output
+            raw.check_val_size(data, config.val_size)
             the_study = study.load_or_create(config)
             config.output_dir.mkdir(parents=True, exist_ok=True)
-            failed = any(workers.run(the_study, config))
-            if failed and not study.reached_total(the_study, config):
-                log.error("%s; rerun the same command to resume", study.summarize(the_study))
+            first = study.reserve_worker_slots(the_study, config.workers)
+            if workers is None:
+                the_study.sampler = study.make_sampler(config.sampler, config.seed + first)
+                optimize(the_study, config)
+            elif any(workers.run(the_study, config, first)) and not study.reached_total(
+                the_study, config
+            ):
+                log.error("%s; rerun the same command to resume", summarize(the_study))
                 return EXIT_NO_RESULT
-            result = study.finalize(the_study, config)
-            report.report_study(the_study, config)  # plots/, report.html (even with no best)
+            result = finalize(the_study, config)
+            write_report(the_study, config.output_dir, config.storage_url, config.data_dir)
         except (Interrupted, SystemExit, SIGTERMException) as err:
             # Outside a trial (the final retrain, the test pass) Lightning turns Ctrl-C into
             # sys.exit(1) and SIGTERM into SIGTERMException: report them as the signal they were.
             signum = err.signum if isinstance(err, Interrupted) else received_signal()
             if signum is None:
                 raise
-            so_far = study.summarize(the_study) if the_study is not None else "no trial ran"
+            so_far = summarize(the_study) if the_study is not None else "no trial ran"
             interrupted = Interrupted(signum)
             log.warning("%s: %s; rerun the same command to resume", interrupted.reason, so_far)
             return interrupted.exit_code
@@ -262,50 +241,28 @@ def run(config: RunConfig) -> int:
         result["trial"],
         result["val_acc"],
         result["test_acc"],
-        config.output_dir / "best.json",
+        config.output_dir / BEST_JSON,
     )
     return EXIT_OK
 
 
-def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # before any trial runs: just leave, quietly
-
-
-def _worker() -> int:
-    """One process of ``--workers N``: its job arrives as JSON on stdin."""
-    from fmnist_tuning import parallel
-
-    job = parallel.Job.from_json(sys.stdin.read())
-    configure_logging(prefix=f"[worker {job.slot}] ")
-    return parallel.work(job)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fmnist-tune`` and ``scripts/tune.py``."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    previous: dict[signal.Signals, Callable[..., Any] | int | None] = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):  # until run() takes over (imports: seconds)
-            previous[signum] = signal.signal(signum, _exit_on_signal)
-    try:
-        from fmnist_tuning.startup import skip_triton_without_a_gpu
-
-        skip_triton_without_a_gpu()  # before the first Lightning import
-        if args == [WORKER_FLAG]:
-            return _worker()
-        from fmnist_tuning.data import DataError
-        from fmnist_tuning.study import StudyError
+    with exit_on_signals():  # until run() takes over (the imports take seconds)
+        from fmnist_tuning.raw import DataError
+        from fmnist_tuning.storage import StudyError
 
         try:
-            config = parse_config(args)
+            config = parse_config(sys.argv[1:] if argv is None else list(argv))
+            from fmnist_tuning import runtime
+            from fmnist_tuning.progress import configure_logging
+
+            runtime.setup_process()
             configure_logging()
             return run(config)
         except (UsageError, DataError, StudyError) as err:
             print(f"fmnist-tune: error: {err}", file=sys.stderr)
             return EXIT_USAGE
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -19,7 +19,8 @@ class RunConfig:
     study_name: str = "fmnist-mlp"  # name of the Optuna study inside the storage
     output_dir: Path = Path("runs/fmnist-mlp")  # best.json, tensorboard/, checkpoints/, study.db
     storage: str | None = None  # Optuna storage URL; None = sqlite:///<output_dir>/study.db
-    data_dir: Path = Path("data")  # the four IDX .gz files (or torchvision's FashionMNIST/raw)
+    # The four IDX .gz files (or torchvision's FashionMNIST/raw below it): $FMNIST_DATA_DIR, else ./data
+    data_dir: Path = field(default_factory=default_data_dir)
     n_trials: int | None = 50  # trials of the whole study (finished ones count on resume)
     timeout: float | None = None  # seconds after which no new trial starts
     max_epochs: int = 20  # epochs per trial at most (early stopping and pruning end many sooner)

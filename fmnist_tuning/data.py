@@ -1,177 +1,20 @@
-"""Fashion-MNIST as whole-split tensors: decoded once per process, batched by indexing.
+"""The Fashion-MNIST DataModule: a seeded train/val split on the device, batched by indexing.
 
-The four original IDX ``.gz`` files are read in place (never written next to), either directly in
-``data_dir`` (like ``../shared/data/fashion-mnist``) or in torchvision's layout
-``data_dir/FashionMNIST/raw/``. When neither exists, ``prepare_data`` downloads them with torchvision
-(md5-checked).
+The decoded images (:mod:`fmnist_tuning.raw`) are moved to the trial's device once per process and
+shared by every trial; a batch is one index gather plus one normalisation, with a seeded
+permutation per epoch: no per-sample transforms, no DataLoader workers.
 """
 
 from __future__ import annotations
 
-import gzip
-import logging
-import math
-import struct
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 
-log = logging.getLogger(__name__)
-
-CLASS_NAMES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
-IMAGE_SIDE = 28
-N_FEATURES = IMAGE_SIDE * IMAGE_SIDE
-N_CLASSES = len(CLASS_NAMES)
-FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
-_IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # unsigned byte data, 3-D images / 1-D labels
-
-
-class DataError(ValueError):
-    """A Fashion-MNIST file is missing or unreadable; the message names the file and the fix."""
-
-
-@dataclass(frozen=True)
-class RawFashionMNIST:
-    """The decoded official splits, as uint8 images (N, 784) and int64 labels (N,)."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-
-
-def _candidate_dirs(data_dir: Path) -> list[Path]:
-    return [data_dir, data_dir / "FashionMNIST" / "raw"]
-
-
-def find_files(data_dir: str | Path) -> dict[str, Path] | None:
-    """Locates the four IDX files (``.gz`` or unpacked) in either supported layout.
-
-    Returns:
-        The paths by role, or ``None`` when no file of the dataset is present at all.
-
-    Raises:
-        DataError: Some but not all of the files are present.
-    """
-    data_dir = Path(data_dir)
-    for folder in _candidate_dirs(data_dir):
-        found: dict[str, Path] = {}
-        for role, stem in FILES.items():
-            for name in (stem + ".gz", stem):
-                if (folder / name).is_file():
-                    found[role] = folder / name
-                    break
-        if len(found) == len(FILES):
-            return found
-        if found:
-            missing = sorted(FILES[r] + ".gz" for r in FILES if r not in found)
-            raise DataError(
-                f"{folder} has only part of Fashion-MNIST: missing {', '.join(missing)}; "
-                "copy the four original .gz files there or pass another --data-dir"
-            )
-    return None
-
-
-def _read_idx(path: Path, ndim: int) -> torch.Tensor:
-    fix = "replace it with an intact copy of the original file or pass another --data-dir"
-    header_size = 4 + 4 * ndim
-    try:
-        with gzip.open(path) if path.suffix == ".gz" else path.open("rb") as f:
-            header = f.read(header_size)
-            if len(header) < header_size:
-                raise DataError(f"{path} is corrupt (only {len(header)} bytes); {fix}")
-            magic, *dims = struct.unpack(f">{1 + ndim}I", header)
-            if magic != _IDX_MAGIC[ndim]:
-                raise DataError(
-                    f"{path} is not a {ndim}-D IDX uint8 file (magic {magic:#010x}); {fix}"
-                )
-            if dims[0] > 100_000 or any(d != IMAGE_SIDE for d in dims[1:]):
-                raise DataError(f"{path} has an implausible IDX shape {tuple(dims)}; {fix}")
-            payload = bytearray(math.prod(dims))  # decompressed straight into the tensor's memory
-            got = f.readinto(payload)
-            extra = len(f.read(1))
-    except (OSError, EOFError, zlib.error) as err:
-        raise DataError(f"{path} is corrupt ({err}); {fix}") from None
-    if got != len(payload) or extra:
-        expected = header_size + len(payload)
-        raise DataError(f"{path} is corrupt (expected {expected} bytes of IDX data); {fix}")
-    return torch.frombuffer(payload, dtype=torch.uint8).view(*dims)
-
-
-def _decode(files: dict[str, Path]) -> RawFashionMNIST:
-    splits = {}
-    for split in ("train", "test"):
-        images = _read_idx(files[f"{split}_images"], 3)
-        labels = _read_idx(files[f"{split}_labels"], 1)
-        if images.shape[0] != labels.shape[0] or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
-            raise DataError(
-                f"{files[f'{split}_images']} holds {tuple(images.shape)} images for "
-                f"{labels.shape[0]} labels; replace both {split} files with the originals"
-            )
-        if labels.numel() and int(labels.max()) >= N_CLASSES:
-            raise DataError(f"{files[f'{split}_labels']} has labels outside 0-9; replace it")
-        splits[split] = (images.reshape(-1, N_FEATURES), labels.long())
-    return RawFashionMNIST(*splits["train"], *splits["test"])
-
-
-_DECODED: dict[tuple[Path, ...], RawFashionMNIST] = {}
-
-
-def load_raw(data_dir: str | Path) -> RawFashionMNIST:
-    """Decodes the dataset in ``data_dir``, once per process (later calls return the cached tensors).
-
-    Raises:
-        DataError: The files are missing, partial or corrupt.
-    """
-    files = find_files(data_dir)
-    if files is None:
-        raise DataError(
-            f"no Fashion-MNIST files in {Path(data_dir).resolve()}; pass --data-dir (or set "
-            "FMNIST_DATA_DIR) to a folder holding the four original .gz files"
-        )
-    key = tuple(sorted(p.resolve() for p in files.values()))
-    if key not in _DECODED:
-        _DECODED.clear()  # one dataset per process is all a study needs; do not keep stale copies
-        _SPLITS.clear()  # splits of the previous dataset are stale with it
-        _DECODED[key] = _decode(files)
-    return _DECODED[key]
-
-
-def download(data_dir: str | Path) -> None:
-    """Fetches the dataset with torchvision into ``data_dir/FashionMNIST/raw`` unless present."""
-    if find_files(data_dir) is not None:
-        return
-    from torchvision.datasets import FashionMNIST
-
-    try:
-        FashionMNIST(str(data_dir), train=True, download=True)
-        FashionMNIST(str(data_dir), train=False, download=True)
-    except Exception as err:  # torchvision raises RuntimeError/URLError/OSError variants
-        raise DataError(
-            f"no Fashion-MNIST files in {Path(data_dir).resolve()} and the download failed "
-            f"({type(err).__name__}); pass --data-dir to a folder holding the four .gz files"
-        ) from None
+from fmnist_tuning.raw import IMAGE_SIDE, RawFashionMNIST, check_val_size, download, load_raw
 
 
 class TensorBatches:
@@ -240,7 +83,8 @@ class Splits:
     std: float
 
 
-_SPLITS: dict[tuple[int, int, str], Splits] = {}  # (val_size, seed, device) of the decoded data
+# The split of the decoded data on one device, by (data, val_size, seed, device): one at a time.
+_SPLITS: dict[tuple[RawFashionMNIST, int, int, str], Splits] = {}
 
 
 def pixel_stats(images: torch.Tensor, rows: torch.Tensor) -> tuple[float, float]:
@@ -254,13 +98,6 @@ def pixel_stats(images: torch.Tensor, rows: torch.Tensor) -> tuple[float, float]
     mean = total / n
     var = max(squares / n - mean * mean, 0.0) * n / max(n - 1, 1)
     return mean / 255, var**0.5 / 255
-
-
-def check_val_size(raw: RawFashionMNIST, val_size: int) -> None:
-    """Raises :class:`DataError` unless ``val_size`` leaves training images on both sides."""
-    n = raw.train_x.shape[0]
-    if not 0 < val_size < n:
-        raise DataError(f"--val-size {val_size} does not fit {n} training images; use 1 to {n - 1}")
 
 
 def make_splits(
@@ -282,31 +119,16 @@ def make_splits(
     )
 
 
-def augment(x: torch.Tensor, flip: bool, shift: int, background: float) -> torch.Tensor:
-    """Random horizontal flips and shifts of up to ``shift`` pixels, per image, on x's device.
+def random_flip(x: torch.Tensor) -> torch.Tensor:
+    """Mirrors each image of a batch of flattened images (B, 784) left-right with probability 1/2.
 
-    Args:
-        x: A batch of flattened normalised images (B, 784).
-        flip: Mirror each image left-right with probability 1/2 (garments are near-symmetric).
-        shift: Largest translation in pixels along each axis; the border is filled with
-            ``background`` (the normalised value of a black pixel).
-        background: Fill value for pixels shifted in from outside.
+    Garments are near-symmetric, so a mirrored image is as plausible as the original. Runs on x's
+    device, with torch's global generator (seeded per trial).
     """
-    if not flip and shift == 0:
-        return x
-    b, side = x.shape[0], IMAGE_SIDE
-    img = x.view(b, side, side)
-    if flip:
-        mirrored = torch.rand(b, device=x.device) < 0.5
-        img = torch.where(mirrored[:, None, None], img.flip(-1), img)
-    if shift:
-        padded = F.pad(img, (shift, shift, shift, shift), value=background)
-        ar = torch.arange(side, device=x.device)
-        dy = torch.randint(0, 2 * shift + 1, (b, 1), device=x.device) + ar  # (B, 28) rows
-        dx = torch.randint(0, 2 * shift + 1, (b, 1), device=x.device) + ar  # (B, 28) cols
-        batch = torch.arange(b, device=x.device)[:, None, None]
-        img = padded[batch, dy[:, :, None], dx[:, None, :]]
-    return img.reshape(b, -1)
+    b = x.shape[0]
+    img = x.view(b, IMAGE_SIDE, IMAGE_SIDE)
+    mirrored = torch.rand(b, device=x.device) < 0.5
+    return torch.where(mirrored[:, None, None], img.flip(-1), img).reshape(b, -1)
 
 
 def normalise(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -326,7 +148,6 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         eval_batch_size: Batch size for validation and test. 1,000 keeps the widest models' eval
             activations small (5,000 added ~80 MB to the peak RSS of a 1917-1347 trial).
         flip: Random horizontal flips of training batches (on the device, after transfer).
-        shift: Random shifts of training images by up to this many pixels.
         full_train: Train on all 60,000 official training images (the validation images too), for
             the final model of a finished study; there is then no validation set.
     """
@@ -339,13 +160,11 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         seed: int = 0,
         eval_batch_size: int = 1_000,
         flip: bool = False,
-        shift: int = 0,
         full_train: bool = False,
     ) -> None:
         super().__init__()
         self.full_train = full_train
         self.flip = flip
-        self.shift = shift
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
         self.val_size = val_size
@@ -365,11 +184,11 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
     def _shared_splits(self) -> Splits:
-        raw = load_raw(self.data_dir)  # decoding a new dataset empties _SPLITS
+        raw = load_raw(self.data_dir)
         device = self._device()
-        key = (self.val_size, self.seed, str(device))
+        key = (raw, self.val_size, self.seed, str(device))
         if key not in _SPLITS:
-            _SPLITS.clear()  # one split per process; a new device or seed replaces it
+            _SPLITS.clear()  # one split per process; new data, seed or device replaces it
             _SPLITS[key] = make_splits(raw, self.val_size, self.seed, device)
         return _SPLITS[key]
 
@@ -404,16 +223,19 @@ class FashionMNISTDataModule(pl.LightningDataModule):
             self.test_x, self.test_y, every, self.eval_batch_size, *self._test_stats
         )
 
+    def predict_dataloader(self) -> TensorBatches:
+        """The official test set, in file order (what the final model is scored on)."""
+        return self.test_dataloader()
+
     def on_after_batch_transfer(
         self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augments training batches only; validation and test images stay as they are."""
+        """Flips training batches (with ``flip``); validation and test images stay as they are."""
         trainer = self.trainer
-        if trainer is None or not trainer.training or self.splits is None:
+        if not self.flip or trainer is None or not trainer.training:
             return batch
         x, y = batch
-        black = -self.splits.mean / self.splits.std
-        return augment(x, self.flip, self.shift, black), y
+        return random_flip(x), y
 
     def teardown(self, stage: str | None = None) -> None:
         """Drops this module's references; the process-wide cache keeps the shared tensors."""

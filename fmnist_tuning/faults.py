@@ -1,11 +1,11 @@
-"""What ends a trial early without ending the study: interrupts, non-finite losses.
+"""What ends a trial or the study early: SIGINT/SIGTERM, and trial failures with a reason.
 
 Lightning turns Ctrl-C inside ``trainer.fit`` into ``sys.exit(1)`` and SIGTERM into a ``SystemExit``
 subclass, and Optuna catches neither, so by default an interrupted trial stays RUNNING in the
-storage forever. Here SIGINT and SIGTERM only set a flag while a study runs; :class:`TrialGuard`
-turns the flag into :class:`Interrupted` at the next batch, a ``KeyboardInterrupt`` that Optuna
-records as a FAIL before it re-raises it (and that no ``except Exception`` swallows). A second
-signal interrupts at once.
+storage forever. Here SIGINT and SIGTERM only set a flag while a study runs; the trial's
+:class:`~fmnist_tuning.callbacks.TrialGuard` turns the flag into :class:`Interrupted` at the next
+batch, a ``KeyboardInterrupt`` that Optuna records as a FAIL before it re-raises it (and that no
+``except Exception`` swallows).
 """
 
 from __future__ import annotations
@@ -15,14 +15,8 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any
-
-import lightning.pytorch as pl
-import torch
-from lightning.pytorch.callbacks import Callback
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-FAIL_REASON = "fail_reason"  # user attribute of a trial that failed (or was pruned) for a reason
 
 
 class TrialFailure(Exception):
@@ -122,52 +116,22 @@ def defer_interrupts() -> Iterator[None]:
         _State.deferring = before
 
 
-class TrialGuard(Callback):
-    """Stops a trial at the next batch on a signal, and fails it when the loss is not finite.
+def _exit(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
-    The loss check reads the module's on-device epoch loss sum (``epoch_loss_sum``: one NaN or inf
-    step makes it non-finite) once per epoch, before validation, so it adds no work or
-    synchronisation per step; Lightning's ``detect_anomaly`` would slow every step instead.
+
+@contextmanager
+def exit_on_signals() -> Iterator[None]:
+    """Inside the block (an entry point's imports and set-up), SIGINT/SIGTERM just end the process.
+
+    Exit code 128 + the signal, without a traceback; the previous handlers come back after it.
     """
-
-    def __init__(self) -> None:
-        self._loss_sum: torch.Tensor | None = None
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        loss_sum = getattr(pl_module, "epoch_loss_sum", None)
-        self._loss_sum = loss_sum if isinstance(loss_sum, torch.Tensor) else None
-        raise_if_interrupted()
-
-    def on_train_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        raise_if_interrupted()
-
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._check_loss(trainer)  # before the epoch's accuracy reaches pruning or checkpoints
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._check_loss(trainer)
-
-    def on_validation_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        raise_if_interrupted()
-
-    def _check_loss(self, trainer: pl.Trainer) -> None:
-        if self._loss_sum is not None and not bool(torch.isfinite(self._loss_sum)):
-            raise NonFiniteLoss(
-                f"non-finite training loss (NaN or inf) in epoch {trainer.current_epoch}; "
-                "the learning rate is probably too high"
-            )
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _exit) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -12,27 +12,18 @@ import torchmetrics
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import nn
 
-from fmnist_tuning.data import N_CLASSES, N_FEATURES
+from fmnist_tuning.keys import TRAIN_LOSS, VAL_ACC, VAL_LOSS
+from fmnist_tuning.raw import N_CLASSES, N_FEATURES
+from fmnist_tuning.runtime import optimizer_options
 
-# The one name of the monitored metric: logged here, watched by pruning, early stopping, checkpoints.
-VAL_ACC = "val/acc"
-VAL_LOSS = "val/loss"
-TRAIN_LOSS = "train/loss"
-TEST_ACC = "test/acc"
-
-# Fused kernels (CPU and CUDA) where torch has them: the same updates, no per-tensor temporaries;
-# on this project's CPU a step of the default 2000-640 model took 26 instead of 42 ms with Adam
-# and 26 instead of 32 ms with SGD (RMSprop has no fused kernel).
-OPTIMIZERS: dict[str, Callable[[Iterator[nn.Parameter], float, float], torch.optim.Optimizer]] = {
-    "adam": lambda p, lr, wd: torch.optim.Adam(p, lr=lr, weight_decay=wd, fused=True),
-    "adamw": lambda p, lr, wd: torch.optim.AdamW(p, lr=lr, weight_decay=wd, fused=True),
-    "sgd": lambda p, lr, wd: torch.optim.SGD(
-        p, lr=lr, weight_decay=wd, momentum=0.9, nesterov=True, fused=True
-    ),
-    "rmsprop": lambda p, lr, wd: torch.optim.RMSprop(p, lr=lr, weight_decay=wd),
+# The optimizer pair's first half: each name's torch optimizer (SGD with Nesterov momentum 0.9).
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": lambda params, **kw: torch.optim.SGD(params, momentum=0.9, nesterov=True, **kw),
+    "rmsprop": torch.optim.RMSprop,
 }
 SCHEDULERS = ("none", "onecycle")
-_PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "_loss_count"})  # never tensors or modules
 
 
 class MLP(nn.Module):
@@ -87,8 +78,8 @@ class FashionMNISTClassifier(pl.LightningModule):
         lr: Learning rate (the peak rate under the one-cycle schedule).
         weight_decay: L2 penalty (decoupled for AdamW).
         label_smoothing: Cross-entropy label smoothing for training.
-        scheduler: ``none``, or ``onecycle`` (stepped per batch over the whole training).
-        max_epochs: Planned epochs, the length of the schedules.
+        scheduler: ``none``, or ``onecycle`` (stepped per batch over the Trainer's planned steps:
+            its ``max_epochs`` of batches).
     """
 
     def __init__(
@@ -101,7 +92,6 @@ class FashionMNISTClassifier(pl.LightningModule):
         weight_decay: float = 0.0,
         label_smoothing: float = 0.0,
         scheduler: str = "none",
-        max_epochs: int = 10,
     ) -> None:
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -110,12 +100,11 @@ class FashionMNISTClassifier(pl.LightningModule):
             raise ValueError(f"unknown scheduler {scheduler!r}; choose from {SCHEDULERS}")
         self.save_hyperparameters(logger=False)  # the objective logs hparams once, with hp_metric
         self.model = MLP(hidden_sizes, dropout, batch_norm)
-        # One accuracy metric per evaluation stage. validate_args=False: the inputs are our own
-        # argmax and labels, checked once when the files are decoded.
+        # validate_args=False: the inputs are our own argmax and labels, checked once when the
+        # files are decoded.
         self.val_acc = torchmetrics.classification.MulticlassAccuracy(
             N_CLASSES, average="micro", validate_args=False
         )
-        self.test_acc = self.val_acc.clone()
         # The training loss is summed on the device and logged once per epoch: on a CPU, a
         # per-step self.log or torchmetrics update costs more than a small MLP's step itself.
         # Also read by faults.TrialGuard: a NaN or inf in any step leaves this sum non-finite.
@@ -129,27 +118,9 @@ class FashionMNISTClassifier(pl.LightningModule):
         # 784-128-10 model, the Trainer's share of which is what scripts/benchmark.py measures.
         self.automatic_optimization = False
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning records the running hook's name in _current_fx_name about 30 times per training
-        # step; nn.Module.__setattr__ would first look for a parameter, buffer or submodule of that
-        # name each time (~1 us). Plain bookkeeping attributes go straight to the instance, where
-        # nn.Module would put them too.
-        if name in _PLAIN_ATTRIBUTES:
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.model(x)
         return out
-
-    def model_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Shared by validation and test: the loss, the predictions and the targets of a batch."""
-        x, y = batch
-        logits = self(x)
-        return F.cross_entropy(logits, y), logits.argmax(dim=1), y
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
@@ -172,20 +143,29 @@ class FashionMNISTClassifier(pl.LightningModule):
         self._loss_count = 0
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        loss, preds, y = self.model_step(batch)
-        self.val_acc(preds, y)
-        self.log(VAL_LOSS, loss, on_epoch=True, batch_size=len(y))
+        x, y = batch
+        logits = self(x)
+        self.val_acc(logits.argmax(dim=1), y)
+        self.log(VAL_LOSS, F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y))
         self.log(VAL_ACC, self.val_acc, on_epoch=True)
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        loss, preds, y = self.model_step(batch)
-        self.test_acc(preds, y)
-        self.log("test/loss", loss, on_epoch=True, batch_size=len(y))
-        self.log(TEST_ACC, self.test_acc, on_epoch=True)
+    def predict_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        """Class probabilities of a batch (the final model's one pass over the test set)."""
+        x, _ = batch
+        probabilities: torch.Tensor = self(x).softmax(dim=1)
+        return probabilities
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        opt = OPTIMIZERS[hp["optimizer"]](self.parameters(), hp["lr"], hp["weight_decay"])
+        name = hp["optimizer"]
+        opt = OPTIMIZERS[name](
+            self.parameters(),
+            lr=hp["lr"],
+            weight_decay=hp["weight_decay"],
+            **optimizer_options(name),
+        )
         if hp["scheduler"] == "onecycle":
             steps = int(self.trainer.estimated_stepping_batches)
             sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp["lr"], total_steps=steps)

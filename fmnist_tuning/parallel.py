@@ -1,9 +1,9 @@
 """Worker processes: ``--workers N`` runs N trial loops on this machine against one study.
 
 The parent creates (or resumes) the study, numbers the workers, starts each as a new process
-(``python -m fmnist_tuning.cli --worker``, its :class:`RunConfig` arriving as JSON on stdin so that
-no storage password shows in ``ps``), forwards SIGINT/SIGTERM to them, and waits. Each worker runs
-:func:`fmnist_tuning.study.optimize` with its own sampler seed and ``cores // N`` torch threads;
+(``python -m fmnist_tuning.parallel``, its :class:`Job` arriving as JSON on stdin so that no storage
+password shows in ``ps``), forwards SIGINT/SIGTERM to them, and waits. Each worker runs
+:func:`fmnist_tuning.loop.optimize` with its own sampler seed and ``cores // N`` torch threads;
 that function keeps the study-wide trial count exact. Workers run in their own sessions, so a
 Ctrl-C in the terminal reaches the parent only, and reaches each worker exactly once.
 """
@@ -15,8 +15,8 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -28,18 +28,16 @@ from fmnist_tuning.faults import (
     Interrupted,
     catch_signals,
     defer_interrupts,
+    exit_on_signals,
     raise_if_interrupted,
     received_signal,
 )
-from fmnist_tuning.study import (
-    StudyError,
-    load_or_create,
-    make_sampler,
-    optimize,
-    reserve_worker_slots,
-)
+from fmnist_tuning.storage import StudyError
+from fmnist_tuning.study import load_or_create
 
 log = logging.getLogger(__name__)
+
+WORKER_COMMAND = [sys.executable, "-m", "fmnist_tuning.parallel"]
 
 
 def cpu_cores() -> int:
@@ -48,19 +46,6 @@ def cpu_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
-
-
-def config_to_json(config: RunConfig) -> str:
-    """The config as JSON (paths as strings), for a worker's stdin."""
-    return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()})
-
-
-def config_from_json(text: str) -> RunConfig:
-    """Inverse of :func:`config_to_json`."""
-    raw: dict[str, Any] = json.loads(text)
-    paths = {f.name for f in fields(RunConfig) if f.type in ("Path", Path)}
-    values: dict[str, Any] = {k: Path(v) if k in paths else v for k, v in raw.items()}
-    return RunConfig(**values)
 
 
 @dataclass(frozen=True)
@@ -73,16 +58,19 @@ class Job:
     parent: int  # pid of the parent; the worker stops once it is gone
 
     def to_json(self) -> str:
-        """For the worker's stdin."""
-        job = {"config": json.loads(config_to_json(self.config)), "slot": self.slot}
-        return json.dumps({**job, "workers": self.workers, "parent": self.parent})
+        """For the worker's stdin (paths as strings)."""
+        config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.config).items()}
+        return json.dumps({**asdict(self), "config": config})
 
     @classmethod
     def from_json(cls, text: str) -> Job:
         """Inverse of :meth:`to_json`."""
         raw = json.loads(text)
-        config = config_from_json(json.dumps(raw.pop("config")))
-        return cls(config=config, **raw)
+        paths = {f.name for f in fields(RunConfig) if f.type in ("Path", Path)}
+        values: dict[str, Any] = {
+            k: Path(v) if k in paths and v is not None else v for k, v in raw.pop("config").items()
+        }
+        return cls(config=RunConfig(**values), **raw)
 
 
 def work(job: Job) -> int:
@@ -91,9 +79,8 @@ def work(job: Job) -> int:
     0 when the study is done, 128 + the signal number when interrupted, 2 when the storage cannot
     be used.
     """
-    import torch
+    from fmnist_tuning.loop import optimize  # after runtime.setup_process: it imports Lightning
 
-    torch.set_num_threads(max(1, cpu_cores() // job.workers))
     with catch_signals():
         try:
             study = load_or_create(job.config, slot=job.slot)
@@ -114,8 +101,8 @@ class Workers:
         command: Runs one worker: reads a :class:`Job` as JSON on stdin, exits with its code.
     """
 
-    def __init__(self, command: Sequence[str]) -> None:
-        self.command = list(command)
+    def __init__(self, command: list[str] | None = None) -> None:
+        self.command = command or WORKER_COMMAND
         self.procs: list[subprocess.Popen[bytes]] = []
         self._signalled: set[int] = set()  # pids that got the first forwarded signal
 
@@ -126,23 +113,17 @@ class Workers:
                 proc.send_signal(signum)
                 self._signalled.add(proc.pid)
 
-    def run(self, study: optuna.Study, config: RunConfig) -> list[int]:
-        """Runs the study's trials with ``config.workers`` processes, or in this one if 1.
+    def run(self, study: optuna.Study, config: RunConfig, first: int) -> list[int]:
+        """Runs the study's trials in ``config.workers`` new processes, numbered from ``first``.
 
         Call inside :func:`fmnist_tuning.faults.catch_signals` with ``on_signal=self.forward``.
 
         Returns:
-            The exit code of each worker process (``-9``: killed by SIGKILL); empty when the trials
-            ran in this process.
+            The exit code of each worker process (``-9``: killed by SIGKILL).
 
         Raises:
             Interrupted: This process received SIGINT or SIGTERM (after the workers ended).
         """
-        first = reserve_worker_slots(study, config.workers)
-        if config.workers == 1:
-            study.sampler = make_sampler(config.sampler, config.seed + first)
-            optimize(study, config)
-            return []
         log.info("starting %d worker processes (sampler seeds %d…)", config.workers, first)
         env = dict(os.environ)
         package_root = str(Path(__file__).resolve().parents[1])
@@ -172,3 +153,22 @@ class Workers:
                 log.warning("worker %d ended abnormally (%s)", slot, how)
         raise_if_interrupted()
         return codes
+
+
+def main() -> int:
+    """Entry point of one worker process: ``python -m fmnist_tuning.parallel``."""
+    with exit_on_signals():  # until the study loop takes over (the imports take seconds)
+        from fmnist_tuning import runtime
+        from fmnist_tuning.progress import configure_logging
+
+        runtime.setup_process()
+        job = Job.from_json(sys.stdin.read())
+        import torch
+
+        torch.set_num_threads(max(1, cpu_cores() // job.workers))
+        configure_logging(prefix=f"[worker {job.slot}] ")
+        return work(job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,7 @@
-"""Optuna's own plots of a study, as interactive HTML (plotly) and static PNG (matplotlib).
+"""The report's figures: Optuna's plots of a study (HTML and PNG), and the grid of test mistakes.
 
-Every plot is drawn by ``optuna.visualization`` and ``optuna.visualization.matplotlib``; nothing
-here re-implements one. A plot the study cannot support yet (importances with fewer than 2 complete
+Every plot of the study is drawn by ``optuna.visualization`` and
+``optuna.visualization.matplotlib``; nothing here re-implements one. A plot the study cannot support yet (importances with fewer than 2 complete
 trials, a contour without 2 varying parameters, ...) is skipped with a one-line reason: Optuna
 itself would only log a warning and draw an empty figure.
 """
@@ -29,6 +29,7 @@ import optuna.visualization as vis
 import optuna.visualization.matplotlib as vis_mpl
 
 from fmnist_tuning.files import write_atomic
+from fmnist_tuning.raw import CLASS_NAMES, IMAGE_SIDE
 
 log = logging.getLogger(__name__)
 
@@ -273,3 +274,32 @@ def write_plots(plots: list[Plot], folder: Path) -> None:
         write_atomic(html, page)
         assert plot.png is not None
         write_atomic(png, plot.png)
+
+
+def mistakes_png(images: Any, confused: list[list[Any]]) -> bytes:
+    """The test images a model gets most confidently wrong, labelled true → predicted, as a PNG.
+
+    Args:
+        images: The official test images, (N, 784) uint8.
+        confused: ``[index, true, predicted, probability]`` per image, as the final model stored.
+    """
+    cols = 6
+    rows = max(1, -(-len(confused) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.9, rows * 2.2), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (index, true, pred, prob) in zip(axes.flat, confused, strict=False):
+        ax.imshow(
+            images[index].view(IMAGE_SIDE, IMAGE_SIDE).numpy(), cmap="gray_r", vmin=0, vmax=255
+        )
+        ax.set_title(
+            f"#{index}\n{CLASS_NAMES[true]} → {CLASS_NAMES[pred]}\np={prob:.2f}", fontsize=7.5
+        )
+    fig.suptitle("Most confident mistakes on the test set (true → predicted)", fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=PNG_DPI)
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()

@@ -40,11 +40,11 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from fmnist_tuning.startup import skip_triton_without_a_gpu
+from fmnist_tuning import runtime
 
 # As fmnist-tune does, before the first Lightning import (hence E402 below): what is measured is
-# the memory of the tuning process that users run.
-skip_triton_without_a_gpu()
+# the process that users run.
+runtime.setup_process()
 
 import lightning.pytorch as pl
 import optuna
@@ -53,18 +53,14 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, random_split
 
-from fmnist_tuning import data
+from fmnist_tuning import data, raw
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.model import MLP, OPTIMIZERS
-from fmnist_tuning.objective import (
-    Objective,
-    release_memory,
-    spare_long_lived_objects,
-    uses_bf16,
-    uses_gpu,
-)
+from fmnist_tuning.objective import Objective
+from fmnist_tuning.runtime import optimizer_options, release_memory, spare_long_lived_objects
 from fmnist_tuning.search_space import BATCH_SIZES, TrialConfig, suggest_config
 from fmnist_tuning.study import make_pruner, make_sampler
+from fmnist_tuning.trainer import uses_bf16, uses_gpu
 
 BASELINE_PARAMS = {  # the 784-128-10 MLP, Adam 1e-3, batch 128 (weight decay at its 1e-6 floor)
     "n_layers": 1,
@@ -186,20 +182,24 @@ def epoch_raw(run: RunConfig) -> float:
     device = torch.device("cuda" if uses_gpu(run.accelerator) else "cpu")
     # Where the objective's Trainer runs bf16-mixed, the same autocast here.
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(run.accelerator))
-    s = data.make_splits(data.load_raw(run.data_dir), run.val_size, run.seed, device)
+    s = data.make_splits(raw.load_raw(run.data_dir), run.val_size, run.seed, device)
     torch.manual_seed(0)
     net = MLP(config.hidden_sizes).to(device)
-    opt = OPTIMIZERS[config.optimizer](net.parameters(), config.lr, config.weight_decay)
+    opt = OPTIMIZERS[config.optimizer](
+        net.parameters(),
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        **optimizer_options(config.optimizer),
+    )
     batches = data.TensorBatches(s.images, s.labels, s.train_idx, 128, s.mean, s.std, True)
     val = data.TensorBatches(s.images, s.labels, s.val_idx, 1_000, s.mean, s.std)  # as (b)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, config.lr, total_steps=2 * len(batches))
-    black = -s.mean / s.std
     times = []
     for _ in range(2):
         start = time.perf_counter()
         net.train()
         for x, y in batches:
-            x = data.augment(x, config.flip, config.shift, black)
+            x = data.random_flip(x) if config.flip else x
             with autocast:
                 loss = F.cross_entropy(net(x), y, label_smoothing=config.label_smoothing)
             opt.zero_grad()
@@ -233,7 +233,7 @@ def pruning(
 ) -> dict[str, float]:
     """Epochs trained and best value of the same seeded random-sampler study, median vs none."""
     out: dict[str, float] = {}
-    n_train = len(data.load_raw(run.data_dir).train_y) - run.val_size
+    n_train = len(raw.load_raw(run.data_dir).train_y) - run.val_size
     fewest_batches = math.ceil(n_train / max(BATCH_SIZES))
     fraction = max(train_fraction, 1 / fewest_batches)  # at least one batch (tiny test data)
     kwargs = {"trainer_overrides": {"limit_train_batches": fraction}}
@@ -278,13 +278,13 @@ def main(argv: list[str] | None = None) -> int:
         "--val-size", type=int, default=RunConfig.val_size, help="validation images (default 5000)"
     )
     args = p.parse_args(argv)
-    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("ignore")  # the benchmark's table only
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        data.check_val_size(data.load_raw(args.data_dir), args.val_size)
-    except data.DataError as err:
+        raw.check_val_size(raw.load_raw(args.data_dir), args.val_size)
+    except raw.DataError as err:
         print(f"benchmark: error: {err}", file=sys.stderr)
         return 2
 
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         raw_dir = tmp / "tv" / "FashionMNIST" / "raw"  # torchvision reads here, not in data-dir
         raw_dir.mkdir(parents=True)
-        for path in (data.find_files(args.data_dir) or {}).values():
+        for path in (raw.find_files(args.data_dir) or {}).values():
             # Unpacked, as torchvision keeps them: it then neither checks md5 nor downloads.
             unpacked = raw_dir / path.name.removesuffix(".gz")
             opener = gzip.open if path.suffix == ".gz" else open

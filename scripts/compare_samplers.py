@@ -19,7 +19,13 @@ Writes to ``--output-dir`` (default ``runs/compare-samplers``):
 ``trials.csv`` (every trial).
 """
 
+# ruff: noqa: E402
 from __future__ import annotations
+
+from fmnist_tuning import runtime
+
+# As fmnist-tune does, before the first Lightning import (hence E402 below).
+runtime.setup_process()
 
 import argparse
 import csv
@@ -35,7 +41,7 @@ from typing import Any
 
 import optuna
 
-from fmnist_tuning import data
+from fmnist_tuning import raw
 from fmnist_tuning.config import RunConfig, default_data_dir
 from fmnist_tuning.objective import Objective
 from fmnist_tuning.search_space import GRID
@@ -249,8 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         accelerator=args.accelerator,
     )
     try:
-        data.load_raw(run.data_dir)  # decoded once, shared by every study of this process
-    except data.DataError as err:
+        raw.load_raw(run.data_dir)  # decoded once, shared by every study of this process
+    except raw.DataError as err:
         print(f"compare_samplers: error: {err}", file=sys.stderr)
         return 2
     out: Path = args.output_dir

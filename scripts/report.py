@@ -3,9 +3,10 @@
     python scripts/report.py --storage sqlite:///runs/fmnist-mlp/study.db --study-name fmnist-mlp
 
 Writes ``<output-dir>/plots/*.html|png`` and ``<output-dir>/report.html`` (default output dir:
-``runs/<study-name>``, where ``best.json`` is looked for). The best model is re-evaluated from its
-checkpoint on the test set of the data folder the study recorded (``--data-dir`` overrides it).
-Exit codes: 0 written, 2 bad input (storage, study name).
+``runs/<study-name>``). Works on a running, interrupted or finished study; nothing is trained or
+scored: the test figures are the final model's stored result, shown once the study has one. The
+pictures of test mistakes come from the data folder the study recorded (``--data-dir`` overrides
+it). Exit codes: 0 written, 2 bad input (storage, study name).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pathlib import Path
 
 import optuna
 
-from fmnist_tuning.report import run_from_study, write_report
-from fmnist_tuning.study import StudyError, open_storage, redact
+from fmnist_tuning.report import write_report
+from fmnist_tuning.storage import StudyError, load_existing
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,20 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ours.propagate = False
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        storage = open_storage(args.storage)
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        if args.study_name not in names:
-            raise StudyError(
-                f"no study {args.study_name!r} in {redact(args.storage)} "
-                f"(it holds: {', '.join(names) or 'none'}); pass --study-name"
-            )
+        study = load_existing(args.storage, args.study_name)
     except StudyError as err:
         print(f"report: error: {err}", file=sys.stderr)
         return 2
-    study = optuna.load_study(study_name=args.study_name, storage=storage)
     output_dir = args.output_dir or Path("runs") / args.study_name
-    run = run_from_study(study, args.storage, output_dir, args.data_dir)
-    write_report(study, run)
+    write_report(study, output_dir, args.storage, args.data_dir)
     return 0
 
 

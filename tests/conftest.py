@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmnist_tuning import data
+from fmnist_tuning import data, raw
 from fmnist_tuning.config import RunConfig
 
 N_TRAIN, N_TEST, VAL_SIZE = 600, 100, 100
@@ -55,7 +55,7 @@ def fake_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(autouse=True)
 def _fresh_caches() -> None:
     """Each test sees cold process caches, as a new process would."""
-    data._DECODED.clear()
+    raw._DECODED.clear()
     data._SPLITS.clear()
 
 

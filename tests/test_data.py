@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmnist_tuning import data
-from fmnist_tuning.data import DataError, FashionMNISTDataModule, TensorBatches, augment
+from fmnist_tuning import data, raw
+from fmnist_tuning.data import FashionMNISTDataModule, TensorBatches, random_flip
+from fmnist_tuning.raw import DataError
 from tests.conftest import N_TEST, N_TRAIN, VAL_SIZE, synthetic_split
 
 
@@ -81,34 +82,31 @@ def test_fit_stage_does_not_load_the_test_set(fake_data_dir: Path) -> None:
 
 
 def test_decoded_once_per_process(fake_data_dir: Path) -> None:
-    assert data.load_raw(fake_data_dir) is data.load_raw(fake_data_dir)
+    assert raw.load_raw(fake_data_dir) is raw.load_raw(fake_data_dir)
     first = _setup(fake_data_dir).splits
     assert first is _setup(fake_data_dir).splits  # every trial shares the same tensors
 
 
-def test_augmentation_touches_training_batches_only() -> None:
+def test_random_flip_mirrors_some_images_left_right_and_keeps_the_others() -> None:
     x = torch.randn(64, 784)
-    assert augment(x, flip=False, shift=0, background=0.0) is x
-    flipped = augment(x, flip=True, shift=0, background=0.0).view(64, 28, 28)
+    flipped = random_flip(x).view(64, 28, 28)
     same = (flipped == x.view(64, 28, 28)).flatten(1).all(1)
     mirrored = (flipped == x.view(64, 28, 28).flip(-1)).flatten(1).all(1)
     assert (same | mirrored).all() and mirrored.any() and same.any()
-    shifted = augment(x, flip=False, shift=2, background=-9.0)
-    assert shifted.shape == x.shape and (shifted == -9.0).any()
 
 
 def test_torchvision_raw_layout_is_found(fake_data_dir: Path, tmp_path: Path) -> None:
-    raw = tmp_path / "FashionMNIST" / "raw"
-    shutil.copytree(fake_data_dir, raw)
-    files = data.find_files(tmp_path)
-    assert files is not None and all(p.parent == raw for p in files.values())
+    layout = tmp_path / "FashionMNIST" / "raw"
+    shutil.copytree(fake_data_dir, layout)
+    files = raw.find_files(tmp_path)
+    assert files is not None and all(p.parent == layout for p in files.values())
 
 
 def test_partial_folder_names_the_missing_file(fake_data_dir: Path, tmp_path: Path) -> None:
     shutil.copytree(fake_data_dir, tmp_path / "d")
     (tmp_path / "d" / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz"):
-        data.load_raw(tmp_path / "d")
+        raw.load_raw(tmp_path / "d")
 
 
 def test_truncated_file_is_reported_as_corrupt(fake_data_dir: Path, tmp_path: Path) -> None:
@@ -116,12 +114,12 @@ def test_truncated_file_is_reported_as_corrupt(fake_data_dir: Path, tmp_path: Pa
     bad = tmp_path / "d" / "train-images-idx3-ubyte.gz"
     bad.write_bytes(bad.read_bytes()[:500])
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz is corrupt"):
-        data.load_raw(tmp_path / "d")
+        raw.load_raw(tmp_path / "d")
 
 
 def test_empty_folder_says_where_to_point(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="--data-dir"):
-        data.load_raw(tmp_path)
+        raw.load_raw(tmp_path)
 
 
 def _batches(indices: list[int], shuffle: bool, seed: int = 3) -> TensorBatches:

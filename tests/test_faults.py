@@ -16,10 +16,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from optuna.trial import TrialState
 
-from fmnist_tuning import objective
+from fmnist_tuning import final, objective
 from fmnist_tuning.cli import main
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.study import SEARCH_SPACE_ATTR, load_or_create, optimize
+from fmnist_tuning.keys import CHECKPOINT_DIR, RUN_SETTINGS
+from fmnist_tuning.loop import optimize
+from fmnist_tuning.study import load_or_create, run_settings
+from tests.conftest import VAL_SIZE
 from tests.processes import FINISHED, Tune, started, tune_args, wait_for
 
 GOOD = {
@@ -78,14 +81,14 @@ def test_signal_during_the_final_retrain_exits_128_plus_signal_and_keeps_the_tri
             if trainer.global_step == 1:
                 os.kill(os.getpid(), signum)
 
-    build_trainer = objective.build_trainer
+    build_trainer = final.build_trainer
 
     def retrain_gets_a_signal(run: RunConfig, *args: Any, **kwargs: Any) -> pl.Trainer:
         if kwargs.get("limit_val_batches") == 0:  # retrain_full's Trainer
             kwargs["callbacks"] = [SignalOnSecondBatch()]
         return build_trainer(run, *args, **kwargs)
 
-    monkeypatch.setattr(objective, "build_trainer", retrain_gets_a_signal)
+    monkeypatch.setattr(final, "build_trainer", retrain_gets_a_signal)
     out = tmp_path / "out"
     assert main(tune_args(fake_data_dir, out, "--n-trials", "1", "--no-warm-start")) == 128 + signum
 
@@ -145,7 +148,7 @@ def test_a_trial_ended_before_its_first_checkpoint_is_pruned_cleanly(
         assert "fail_reason" not in trial.user_attrs
     else:
         assert reason in trial.user_attrs["fail_reason"]
-    assert not list((run.output_dir / objective.CHECKPOINT_DIR).glob("*.ckpt"))
+    assert not list((run.output_dir / CHECKPOINT_DIR).glob("*.ckpt"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU to run out of memory")
@@ -196,13 +199,14 @@ def test_stored_study_with_another_search_space_exits_2_with_one_line(
 ) -> None:
     url = f"sqlite:///{tmp_path / 'other.db'}"
     study = optuna.create_study(storage=url, study_name="fmnist-mlp", direction="maximize")
-    study.set_user_attr(SEARCH_SPACE_ATTR, "0123456789abcdef")
+    settings = run_settings(RunConfig(data_dir=fake_data_dir))
+    study.set_user_attr(RUN_SETTINGS, {**settings, "search_space": "0123456789abcdef"})
     assert main(tune_args(fake_data_dir, tmp_path / "out", "--storage", url)) == 2
     assert "another search space" in _one_line_error(capsys)
 
 
-@pytest.mark.parametrize("changed", [("--seed", "1"), ("--val-size", "50")])
-def test_resuming_on_another_validation_split_exits_2_with_one_line(
+@pytest.mark.parametrize("changed", [("--seed", "1"), ("--val-size", "50"), ("--max-epochs", "2")])
+def test_resuming_on_another_validation_split_or_schedule_exits_2_with_one_line(
     changed: tuple[str, str],
     fake_data_dir: Path,
     tmp_path: Path,
@@ -214,7 +218,8 @@ def test_resuming_on_another_validation_split_exits_2_with_one_line(
     capsys.readouterr()
     assert main([*first, *changed, "--n-trials", "2"]) == 2
     line = _one_line_error(capsys)
-    assert "validation split of --seed 0 --val-size" in line and "resume it with those" in line
+    assert f"--seed 0 --val-size {VAL_SIZE} --max-epochs 1" in line
+    assert "resume it with those flags" in line
     study = optuna.load_study(study_name="fmnist-mlp", storage=f"sqlite:///{out / 'study.db'}")
     assert len(study.trials) == 1  # nothing ran on the other split
     assert main([*first, "--n-trials", "2"]) == 0  # the same flags resume it

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import logging
@@ -19,17 +18,13 @@ import pytest
 from fmnist_tuning import plots
 from fmnist_tuning.cli import main
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.data import CLASS_NAMES
-from fmnist_tuning.objective import build_datamodule, build_module, build_trainer
-from fmnist_tuning.report import (
-    _ERROR_JS,
-    REPORT_FILE,
-    evaluate_best,
-    run_from_study,
-    write_report,
-)
+from fmnist_tuning.final import score_on_test
+from fmnist_tuning.keys import FINAL_MODELS, REPORT_HTML, RUN_SETTINGS
+from fmnist_tuning.progress import log_trial
+from fmnist_tuning.raw import CLASS_NAMES, load_raw
+from fmnist_tuning.report import ERROR_JS, write_report
 from fmnist_tuning.search_space import TrialConfig, suggest_config
-from fmnist_tuning.study import log_trial
+from fmnist_tuning.trainer import build_datamodule, build_module, build_trainer
 from tests.conftest import N_TEST, VAL_SIZE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +44,11 @@ def study_run(fake_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def _page(out: Path) -> str:
-    return (out / REPORT_FILE).read_text(encoding="utf-8")
+    return (out / REPORT_HTML).read_text(encoding="utf-8")
+
+
+def _study(out: Path) -> optuna.Study:
+    return optuna.load_study(study_name="fmnist-mlp", storage=f"sqlite:///{out / 'study.db'}")
 
 
 def _fake_study(n_complete: int, n_pruned: int = 0) -> optuna.Study:
@@ -113,35 +112,33 @@ def test_report_has_confusion_matrix_per_class_accuracy_and_trials_table(study_r
     assert trials.count("<tr") == 1 + 3 and trials.count('class="best"') == 1
 
 
-def test_best_model_confusion_matrix_agrees_with_recorded_test_accuracy(
-    study_run: Path, fake_data_dir: Path
-) -> None:
+def test_the_stored_test_result_is_what_best_json_and_the_page_show(study_run: Path) -> None:
     best = json.loads((study_run / "best.json").read_text())
-    run = RunConfig(output_dir=study_run, data_dir=fake_data_dir, val_size=VAL_SIZE)
-    evaluation = evaluate_best(Path(best["checkpoint"]), run)
-    assert sum(map(sum, evaluation.confusion)) == N_TEST
-    assert evaluation.accuracy == pytest.approx(best["test_acc"], abs=1e-6)
-    assert len(evaluation.per_class) == len(CLASS_NAMES)
-    assert all(true != pred for _, true, pred, _ in evaluation.confused)
-    confidences = [p for *_, p in evaluation.confused]
-    assert confidences == sorted(confidences, reverse=True)
+    (result,) = _study(study_run).user_attrs[FINAL_MODELS].values()
+    assert result["test_acc"] == best["test_acc"] and result["model"] == best["checkpoint"]
+    assert sum(map(sum, result["confusion"])) == result["n_images"] == N_TEST
+    assert f"Accuracy {best['test_acc']:.4f} on {N_TEST} test images" in _page(study_run)
 
 
-def test_a_poor_model_gets_a_grid_of_its_most_confident_mistakes(
+def test_a_poor_model_scores_its_most_confident_mistakes(
     run_config: RunConfig, tmp_path: Path
 ) -> None:
-    config = TrialConfig(hidden_sizes=(16,))
-    trainer = build_trainer(run_config, max_steps=1, limit_val_batches=0)
-    trainer.fit(build_module(config, run_config), datamodule=build_datamodule(config, run_config))
-    trainer.save_checkpoint(tmp_path / "poor.ckpt")
-    evaluation = evaluate_best(tmp_path / "poor.ckpt", run_config, n_images=12)
-    assert evaluation.accuracy < 0.9 and len(evaluation.confused) == 12
-    assert all(true != pred for _, true, pred, _ in evaluation.confused)
-    confidences = [p for *_, p in evaluation.confused]
+    config = TrialConfig(hidden_sizes=(16,), optimizer="adam", lr=1e-3)
+    fit = build_trainer(run_config, max_steps=1, limit_val_batches=0)
+    fit.fit(build_module(config), datamodule=build_datamodule(config, run_config))
+    fit.save_checkpoint(tmp_path / "poor.ckpt")
+    result = score_on_test(tmp_path / "poor.ckpt", run_config)
+    matrix = result["confusion"]
+    assert result["test_acc"] < 0.9 and result["confused"]
+    assert result["test_acc"] == pytest.approx(sum(matrix[k][k] for k in range(10)) / N_TEST)
+    assert all(true != pred for _, true, pred, _ in result["confused"])
+    confidences = [p for *_, p in result["confused"]]
     assert confidences == sorted(confidences, reverse=True)
-    for k, row in enumerate(evaluation.confusion):
-        assert evaluation.per_class[k] == pytest.approx(row[k] / sum(row))
-    assert evaluation.grid_png[:8] == b"\x89PNG\r\n\x1a\n"
+    for k, row in enumerate(matrix):
+        if sum(row):
+            assert result["per_class"][k] == pytest.approx(row[k] / sum(row))
+    png = plots.mistakes_png(load_raw(run_config.data_dir).test_x, result["confused"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_plots_that_cannot_be_drawn_are_skipped_with_a_reason(tmp_path: Path) -> None:
@@ -164,27 +161,27 @@ def test_contour_uses_two_parameters_that_vary_together(tmp_path: Path) -> None:
     assert list(pair) == [p for p in plots.importances(study) if p in pair]  # importance order
 
 
-def test_report_of_a_study_without_complete_trials_says_so(run_config: RunConfig) -> None:
+def test_report_of_a_study_without_complete_trials_says_so(tmp_path: Path) -> None:
     study = _fake_study(n_complete=0, n_pruned=2)
-    page = write_report(study, run_config).read_text()
-    assert "No trial has completed yet" in page
+    page = write_report(study, tmp_path, "sqlite:///study.db").read_text()
+    assert "No trial has completed yet" in page and "No final model yet" in page
     assert "Skipped: needs at least 1 complete trial" in page
     assert 'id="figure-intermediate_values"' in page  # the pruned curves still show
 
 
-def test_report_hides_the_storage_password(run_config: RunConfig) -> None:
-    run = dataclasses.replace(run_config, storage="postgresql+psycopg://me:s3cret@db.lan/optuna")
-    page = write_report(_fake_study(n_complete=2), run).read_text()
+def test_report_hides_the_storage_password(tmp_path: Path) -> None:
+    url = "postgresql+psycopg://me:s3cret@db.lan/optuna"
+    page = write_report(_fake_study(n_complete=2), tmp_path, url).read_text()
     assert "s3cret" not in page and "me:***@db.lan" in page
 
 
-def test_run_settings_are_recorded_for_a_later_report(study_run: Path, fake_data_dir: Path) -> None:
-    study = optuna.load_study(
-        study_name="fmnist-mlp", storage=f"sqlite:///{study_run / 'study.db'}"
-    )
-    run = run_from_study(study, "sqlite:///x.db", study_run)
-    assert run.data_dir == fake_data_dir.resolve() and run.val_size == VAL_SIZE
-    assert (run.sampler, run.pruner, run.max_epochs) == ("tpe", "median", 2)
+def test_run_settings_are_stored_when_the_study_is_created(
+    study_run: Path, fake_data_dir: Path
+) -> None:
+    settings = _study(study_run).user_attrs[RUN_SETTINGS]
+    assert settings["data_dir"] == str(fake_data_dir.resolve())
+    assert (settings["seed"], settings["val_size"], settings["max_epochs"]) == (0, VAL_SIZE, 2)
+    assert (settings["sampler"], settings["pruner"]) == ("tpe", "median")
 
 
 def test_report_script_rebuilds_the_report_from_storage(study_run: Path, tmp_path: Path) -> None:
@@ -197,7 +194,7 @@ def test_report_script_rebuilds_the_report_from_storage(study_run: Path, tmp_pat
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     page = _page(out)
-    assert 'id="best-trial"' in page and 'id="confusion-matrix"' in page  # checkpoint re-read
+    assert 'id="best-trial"' in page and 'id="confusion-matrix"' in page  # the stored result
     assert (out / "plots" / "slice.png").is_file()
 
 
@@ -222,7 +219,7 @@ def test_log_line_shows_progress_best_pruned_and_time_left(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     study = _fake_study(n_complete=2, n_pruned=1)
-    with caplog.at_level(logging.INFO, logger="fmnist_tuning.study"):
+    with caplog.at_level(logging.INFO, logger="fmnist_tuning"):
         log_trial(study, study.trials[-1], n_trials=6)
     (line,) = caplog.messages
     assert line.startswith("[3/6] trial 2 PRUNED")
@@ -259,7 +256,7 @@ def _script_errors(dom: str) -> str:
 
 @needs_chromium
 def test_chromium_renders_the_report_without_script_errors(study_run: Path) -> None:
-    dom, log = _render(study_run / REPORT_FILE)
+    dom, log = _render(study_run / REPORT_HTML)
     assert 'data-report-ready="1"' in dom  # every inline script ran to the end
     assert _script_errors(dom) == ""
     assert "Uncaught" not in log
@@ -271,7 +268,7 @@ def test_chromium_renders_the_report_without_script_errors(study_run: Path) -> N
 def test_chromium_check_catches_a_script_error(tmp_path: Path) -> None:
     page = tmp_path / "broken.html"
     page.write_text(
-        f"<html><head><script>{_ERROR_JS}</script></head><body>"
+        f"<html><head><script>{ERROR_JS}</script></head><body>"
         '<pre id="script-errors" hidden></pre><script>undefinedFunction();</script></body></html>'
     )
     dom, _ = _render(page)

@@ -78,8 +78,12 @@ def test_default_params_are_a_point_of_the_search_space() -> None:
     assert suggest_config(trial) == config  # enqueued values are inside every range
 
 
+def test_the_default_config_is_what_a_new_studys_first_trial_trains() -> None:
+    assert TrialConfig() == suggest_config(optuna.trial.FixedTrial(DEFAULT_PARAMS))
+
+
 def test_model_kwargs_match_the_module_signature() -> None:
     from fmnist_tuning.model import FashionMNISTClassifier
 
     module = FashionMNISTClassifier(**TrialConfig().model_kwargs())
-    assert module.hparams["hidden_sizes"] == [128]
+    assert module.hparams["hidden_sizes"] == [2000, 640]

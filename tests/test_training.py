@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import os
 import weakref
 from pathlib import Path
 from typing import Any
@@ -16,28 +15,29 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from optuna.trial import TrialState
 
-from fmnist_tuning import objective
+from fmnist_tuning import objective, runtime, trainer
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.model import VAL_ACC
-from fmnist_tuning.objective import build_datamodule, build_module, build_trainer
+from fmnist_tuning.keys import VAL_ACC
+from fmnist_tuning.loop import optimize
 from fmnist_tuning.search_space import TrialConfig
-from fmnist_tuning.study import load_or_create, optimize
+from fmnist_tuning.study import load_or_create
+from fmnist_tuning.trainer import build_datamodule, build_module, build_trainer
 
 
 def test_fast_dev_run_fits_on_cpu(run_config: RunConfig) -> None:
     config = TrialConfig(hidden_sizes=(32, 16), batch_norm=True, dropout=0.1)
-    trainer = build_trainer(run_config, fast_dev_run=True)
-    trainer.fit(build_module(config, run_config), datamodule=build_datamodule(config, run_config))
-    assert trainer.state.finished
-    assert VAL_ACC in trainer.callback_metrics
+    fit = build_trainer(run_config, fast_dev_run=True)
+    fit.fit(build_module(config), datamodule=build_datamodule(config, run_config))
+    assert fit.state.finished
+    assert VAL_ACC in fit.callback_metrics
 
 
 def test_a_few_epochs_learn_the_synthetic_classes(run_config: RunConfig) -> None:
-    config = TrialConfig(hidden_sizes=(64,), lr=3e-3, batch_size=32)
+    config = TrialConfig(hidden_sizes=(64,), optimizer="adam", lr=3e-3, batch_size=32)
     run = dataclasses.replace(run_config, max_epochs=3)
-    trainer = build_trainer(run)
-    trainer.fit(build_module(config, run), datamodule=build_datamodule(config, run))
-    assert float(trainer.callback_metrics[VAL_ACC]) > 0.5  # chance is 0.1
+    fit = build_trainer(run)
+    fit.fit(build_module(config), datamodule=build_datamodule(config, run))
+    assert float(fit.callback_metrics[VAL_ACC]) > 0.5  # chance is 0.1
 
 
 GOOD = {
@@ -88,7 +88,7 @@ def test_no_trainer_outlives_its_trial(
 ) -> None:
     """The study frees each trial: no Trainer survives it, and the heap is trimmed once per trial."""
     trims: list[int] = []
-    monkeypatch.setattr(objective, "_MALLOC_TRIM", trims.append)
+    monkeypatch.setattr(runtime, "_MALLOC_TRIM", trims.append)
     seen: list[int] = []
 
     class LongLived(Callback):  # long-lived: Lightning binds the module's log methods onto it
@@ -105,7 +105,7 @@ def test_no_trainer_outlives_its_trial(
         objective.Objective(run, extra_callbacks=[LongLived()]),
         n_trials=2,
         gc_after_trial=True,
-        callbacks=[objective.release_memory, live_trainers],
+        callbacks=[runtime.release_memory, live_trainers],
     )
     assert len(seen) == 2 and all(t.state == TrialState.COMPLETE for t in study.trials)
     assert trims == [0, 0]
@@ -115,46 +115,39 @@ def test_the_study_runner_releases_memory_after_every_trial(
     run_config: RunConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     trims: list[int] = []
-    monkeypatch.setattr(objective, "_MALLOC_TRIM", trims.append)
+    monkeypatch.setattr(runtime, "_MALLOC_TRIM", trims.append)
     run = dataclasses.replace(run_config, max_epochs=1, n_trials=3, warm_start=False)
     optimize(load_or_create(run), run)
     assert trims == [0, 0, 0]
 
 
-class _BatchCounter(Callback):
-    def __init__(self) -> None:
-        self.train_batches = 0
-        self.val_epochs = 0
+def _count_nvml_lookups(monkeypatch: pytest.MonkeyPatch, steps: int) -> int:
+    """How often ``steps`` Adam steps look for NVIDIA's driver library (libnvidia-ml)."""
+    lookups = [0]
+    nvml = torch.cuda._device_count_nvml
 
-    def on_train_batch_end(self, *args: Any) -> None:
-        self.train_batches += 1
+    def counting() -> int:
+        lookups[0] += 1
+        return nvml()
 
-    def on_validation_epoch_end(self, *args: Any) -> None:
-        self.val_epochs += 1
-
-
-def test_the_trainer_skips_only_the_batch_hooks_a_callback_inherits(run_config: RunConfig) -> None:
-    counter = _BatchCounter()
-    config = TrialConfig(hidden_sizes=(16,))
-    trainer = build_trainer(run_config, [counter], max_epochs=2, limit_train_batches=3)
-    # Inherited per-batch no-ops are no longer callable, so Lightning passes them by ...
-    assert counter.on_validation_batch_end is None
-    assert counter.on_before_backward is None
-    trainer.fit(build_module(config, run_config), datamodule=build_datamodule(config, run_config))
-    # ... while the hooks the callback defines still run, per batch and per epoch.
-    assert counter.train_batches == 6
-    assert counter.val_epochs == 2
-    assert trainer.state.finished
+    monkeypatch.setattr(torch.cuda, "_device_count_nvml", counting)
+    weights = torch.nn.Parameter(torch.ones(4))
+    optimizer = torch.optim.Adam([weights])
+    for _ in range(steps):
+        weights.sum().backward()
+        optimizer.step()
+    return lookups[0]
 
 
-def test_cpu_only_trainer_stops_looking_for_the_nvidia_driver_every_step(
-    run_config: RunConfig, monkeypatch: pytest.MonkeyPatch
+def test_a_set_up_process_without_a_gpu_stops_looking_for_the_driver_every_step(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if torch.cuda.is_available():
-        pytest.skip("with a GPU the CUDA check is cached and stays NVML-based")
+        pytest.skip("with a GPU the CUDA check is cached after CUDA starts")
     monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # as importing Lightning sets it
-    objective.build_trainer(run_config)
-    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "0"
+    assert _count_nvml_lookups(monkeypatch, 5) >= 5  # without the set-up: once a step or more
+    runtime.skip_nvml_checks()
+    assert _count_nvml_lookups(monkeypatch, 5) == 0
     assert not torch.cuda.is_available()
 
 
@@ -165,13 +158,13 @@ def test_the_trial_loop_spares_long_lived_objects_yet_frees_each_trial(
     gc.unfreeze()  # whatever else this test process froze
     frozen: list[int] = []
     trainers: list[weakref.ref[pl.Trainer]] = []
-    build = objective.build_trainer
+    build = trainer.build_trainer
 
     def spy(*args: Any, **kwargs: Any) -> pl.Trainer:
-        trainer = build(*args, **kwargs)
+        built = build(*args, **kwargs)
         frozen.append(gc.get_freeze_count())
-        trainers.append(weakref.ref(trainer))
-        return trainer
+        trainers.append(weakref.ref(built))
+        return built
 
     monkeypatch.setattr(objective, "build_trainer", spy)
     run = dataclasses.replace(run_config, n_trials=2, max_epochs=1)

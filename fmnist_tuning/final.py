@@ -1,0 +1,168 @@
+"""The final model: the best configuration retrained, scored once on the test set, ``best.json``.
+
+The official test set is used here and nowhere else. Each final model (a trial's configuration
+retrained on all 60,000 training images, or with ``--no-retrain`` the trial's own checkpoint) is
+scored exactly once; the result, with everything the report shows (confusion matrix, per-class
+accuracy, the most confident mistakes), is stored in the study's ``final_models`` attribute, and
+``best.json`` and the report read it from there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from fmnist_tuning.config import RunConfig
+from fmnist_tuning.data import FashionMNISTDataModule
+from fmnist_tuning.files import write_atomic
+from fmnist_tuning.keys import (
+    BEST_JSON,
+    CHECKPOINT,
+    CHECKPOINT_DIR,
+    EPOCHS,
+    FINAL_MODELS,
+    WORKER,
+    trial_name,
+)
+from fmnist_tuning.model import FashionMNISTClassifier
+from fmnist_tuning.objective import prune_checkpoints
+from fmnist_tuning.raw import N_CLASSES, load_raw
+from fmnist_tuning.search_space import TrialConfig, suggest_config
+from fmnist_tuning.storage import StudyError, redact
+from fmnist_tuning.trainer import build_datamodule, build_module, build_trainer
+
+log = logging.getLogger(__name__)
+
+N_CONFUSED = 24  # the most confident mistakes kept for the report
+
+
+def model_key(trial: int, retrained: bool) -> str:
+    """The name of a final model in the study's ``final_models`` attribute."""
+    return f"trial {trial} {'retrained on all training images' if retrained else 'checkpoint'}"
+
+
+def final_path(output_dir: Path, trial: int) -> Path:
+    """Where the configuration of ``trial`` retrained on all 60k images is saved."""
+    return output_dir / CHECKPOINT_DIR / f"final_{trial_name(trial)}.ckpt"
+
+
+def retrain_full(config: TrialConfig, run: RunConfig, epochs: int, path: Path) -> Path:
+    """Trains ``config`` afresh on all 60,000 training images for ``epochs``; saves it at ``path``.
+
+    The chosen configuration was selected on the validation split; the final model may then also
+    learn from those 5,000 images (the schedule spans ``epochs``, the length the trial trained).
+    """
+    pl.seed_everything(run.seed, verbose=False)
+    module = build_module(config)
+    datamodule = build_datamodule(config, run, full_train=True)
+    trainer = build_trainer(run, max_epochs=epochs, limit_val_batches=0)
+    trainer.fit(module, datamodule=datamodule)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(path, weights_only=True)
+    return path
+
+
+def score_on_test(model: Path, run: RunConfig) -> dict[str, Any]:
+    """The one pass of a saved model over the official 10,000-image test set.
+
+    Returns:
+        ``test_acc``, ``n_images``, ``confusion`` (rows = true class, columns = predicted),
+        ``per_class`` accuracy, and ``confused``: the most confident mistakes as
+        ``[index, true, predicted, probability]``, most confident first.
+    """
+    module = FashionMNISTClassifier.load_from_checkpoint(model, map_location="cpu")
+    datamodule = FashionMNISTDataModule(run.data_dir, val_size=run.val_size, seed=run.seed)
+    batches = build_trainer(run).predict(module, datamodule=datamodule)
+    assert batches is not None
+    probs = torch.cat([torch.as_tensor(b) for b in batches]).float().cpu()
+    labels = load_raw(run.data_dir).test_y
+    confidence, predicted = probs.max(dim=1)
+    confusion = torch.bincount(labels * N_CLASSES + predicted, minlength=N_CLASSES**2)
+    confusion = confusion.view(N_CLASSES, N_CLASSES)
+    wrong = (predicted != labels).nonzero().flatten()
+    worst = wrong[confidence[wrong].argsort(descending=True, stable=True)[:N_CONFUSED]].tolist()
+    per_class = confusion.diag() / confusion.sum(dim=1).clamp(min=1)
+    return {
+        "test_acc": float(confusion.trace() / confusion.sum()),
+        "n_images": len(labels),
+        "confusion": confusion.tolist(),
+        "per_class": per_class.tolist(),
+        "confused": [[i, int(labels[i]), int(predicted[i]), float(confidence[i])] for i in worst],
+    }
+
+
+def _final_model(study: optuna.Study, best: FrozenTrial, run: RunConfig) -> dict[str, Any]:
+    """The stored result of the best trial's final model; trains and scores it the first time."""
+    key = model_key(best.number, run.retrain)
+    results: dict[str, Any] = dict(study.user_attrs.get(FINAL_MODELS, {}))
+    if key in results:
+        return dict(results[key])  # this final model was scored already: never twice
+    checkpoint = Path(best.user_attrs.get(CHECKPOINT, ""))
+    if not best.user_attrs.get(CHECKPOINT) or not checkpoint.is_file():
+        host = str(best.user_attrs.get(WORKER, "")).rpartition(":")[0]
+        where = f" (host {host})" if host and host != socket.gethostname() else ""
+        raise StudyError(
+            f"the best trial's checkpoint {checkpoint} is missing; run the same command on the "
+            f"machine{where} and output dir that trained it, or give all machines one shared "
+            "--output-dir"
+        )
+    epochs = int(best.user_attrs.get(EPOCHS) or run.max_epochs)
+    model = checkpoint
+    if run.retrain:
+        log.info("retraining trial %d's configuration on all 60k images", best.number)
+        config = suggest_config(optuna.trial.FixedTrial(best.params))
+        model = retrain_full(config, run, epochs, final_path(run.output_dir, best.number))
+    log.info("scoring trial %d's final model on the official test set (once)", best.number)
+    result = {
+        "trial": best.number,
+        "retrained": run.retrain,
+        "model": str(model.resolve()),
+        "epochs": epochs,
+        **score_on_test(model, run),
+        "scored_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
+    results[key] = result
+    study.set_user_attr(FINAL_MODELS, results)
+    return result
+
+
+def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
+    """Makes the best trial's final model (once), stores its test score, writes ``best.json``.
+
+    Returns:
+        The ``best.json`` content, or ``None`` when the study has no complete trial yet.
+
+    Raises:
+        StudyError: The best trial's checkpoint is not on this machine.
+    """
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    best = study.best_trial
+    final = _final_model(study, best, run)
+    prune_checkpoints(study, run.output_dir, keep=best.number)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    result = {
+        "study_name": study.study_name,
+        "storage": redact(run.storage_url),
+        "trial": best.number,
+        "params": best.params,
+        "config": suggest_config(optuna.trial.FixedTrial(best.params)).flat(),
+        "val_acc": best.value,
+        "test_acc": final["test_acc"],
+        "epochs": best.user_attrs.get(EPOCHS),
+        "checkpoint": final["model"],  # the model test_acc was measured on
+        "trial_checkpoint": best.user_attrs.get(CHECKPOINT),  # the trial's own best-epoch weights
+        "retrained_on_full_train": final["retrained"],
+        "trials": {s.name.lower(): states.count(s) for s in TrialState if states.count(s)},
+    }
+    write_atomic(run.output_dir / BEST_JSON, json.dumps(result, indent=2) + "\n")
+    return result

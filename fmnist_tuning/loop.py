@@ -1,0 +1,217 @@
+"""The trial loop every worker runs: claim a trial, train it, record it, until the study is done.
+
+Several processes, on this machine or others, may run :func:`optimize` on one study at once: the
+study-wide ``n_trials`` is claimed trial by trial, heartbeats mark the trials of killed workers
+FAIL and queue them again, and a signal ends the running trial as FAIL instead of leaving it
+RUNNING.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from fmnist_tuning.config import RunConfig
+from fmnist_tuning.faults import Interrupted, NonFiniteLoss, defer_interrupts, raise_if_interrupted
+from fmnist_tuning.keys import CLAIM_LOCK, WORKER
+from fmnist_tuning.objective import Objective, prune_checkpoints
+from fmnist_tuning.progress import FINISHED, count_states, finished, log_trial
+from fmnist_tuning.runtime import release_memory, spare_long_lived_objects
+from fmnist_tuning.storage import MAX_RETRY, journal_path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; the total may then overshoot by a few trials
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process, recorded on each trial it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def trials_since_best(study: optuna.Study) -> int:
+    """Finished trials, in the order they finished, since the last new best value."""
+    done = sorted(
+        study.get_trials(deepcopy=False, states=FINISHED),
+        key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number),
+    )
+    best, since = -math.inf, 0
+    for t in done:
+        if t.state == TrialState.COMPLETE and t.value is not None and t.value > best:
+            best, since = t.value, 0
+        else:
+            since += 1
+    return since
+
+
+class _ClaimLock:
+    """An advisory file lock: one process at a time counts the study's trials and starts one."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: Any = None
+
+    def __enter__(self) -> _ClaimLock:
+        if fcntl is not None:
+            self._file = open(self.path, "a")  # held until release(), not a with-block
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Lets the next process claim a trial (idempotent)."""
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+class _Runner:
+    """What Optuna calls per trial: frees the claim, marks the trial with this worker, trains."""
+
+    def __init__(self, objective: Objective, claim: _ClaimLock) -> None:
+        self.objective = objective
+        self.claim = claim
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.claim.release()  # the trial is RUNNING in the storage now: the others count it
+        trial.set_user_attr(WORKER, worker_id())
+        return self.objective(trial)
+
+
+def _fail_own_running_trials(study: optuna.Study) -> None:
+    """After an interrupt: no trial of this process may stay RUNNING (best effort)."""
+    me = worker_id()
+    with contextlib.suppress(Exception):  # the storage may be unusable after a hard interrupt
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.user_attrs.get(WORKER) == me:
+                study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+
+
+def _fail_dead_local_trials(study: optuna.Study) -> None:
+    """Fails and queues again the RUNNING trials of this machine's processes that are gone.
+
+    For storages without heartbeats (journal files); other machines' dead trials stay RUNNING.
+    """
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = str(trial.user_attrs.get(WORKER, ""))
+        name, _, pid = owner.rpartition(":")
+        if name != host or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (or, rarely, its number was reused: then it waits)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+        log.warning("trial %d: its worker %s is gone; FAIL, queued again", trial.number, owner)
+        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+        retry(study, study.get_trials(deepcopy=False)[trial.number])
+
+
+def _wait(seconds: float) -> None:
+    """Sleeps, but wakes up for a signal."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        raise_if_interrupted()
+        time.sleep(min(0.2, seconds))
+
+
+def _stop_reason(study: optuna.Study, run: RunConfig, deadline: float | None) -> str | None:
+    """Why no further trial should start here (timeout, patience, exhausted grid), if any."""
+    if deadline is not None and time.monotonic() >= deadline:
+        return "timeout"
+    if run.patience and (since := trials_since_best(study)) >= run.patience:
+        return f"no new best value in {since} finished trials: stopping (--patience)"
+    sampler = study.sampler
+    if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
+        return "every point of the grid has been tried: stopping"
+    return None
+
+
+def optimize(study: optuna.Study, run: RunConfig, parent_pid: int | None = None) -> None:
+    """Runs trials until the study holds ``n_trials`` finished ones, the timeout, or patience.
+
+    Every worker process, here or on other machines, may run this on the same study. Before each
+    trial it counts the finished and running trials of the whole study (the processes of one
+    output dir take turns under a file lock), so ``n_trials`` is the study's exact total: Optuna's
+    ``MaxTrialsCallback`` alone would let every other worker finish one trial more. A trial
+    whose loss turns NaN fails and is replaced; a killed worker's trial turns FAIL after the grace
+    period and is queued again; while others still run trials this worker waits, in case one
+    fails and needs a replacement.
+
+    Args:
+        study: The study, with this worker's sampler.
+        run: The study-wide settings.
+        parent_pid: For a worker process: stop when the parent that started it is gone.
+
+    Raises:
+        Interrupted: SIGINT or SIGTERM arrived (under :func:`fmnist_tuning.faults.catch_signals`);
+            the running trial is FAIL in the storage by then.
+    """
+    done = finished(count_states(study))
+    if done and parent_pid is None:
+        log.info("resuming study %r: %d finished trials already", run.study_name, done)
+    deadline = None if run.timeout is None else time.monotonic() + run.timeout
+    callbacks = [
+        lambda s, t: log_trial(s, t, n_trials=run.n_trials, deadline=deadline),
+        lambda s, _: prune_checkpoints(s, run.output_dir),
+        release_memory,
+    ]
+    claim = _ClaimLock(run.output_dir / CLAIM_LOCK)
+    runner = _Runner(Objective(run), claim)
+    heartbeats = journal_path(run.storage_url) is None
+    total = math.inf if run.n_trials is None else run.n_trials
+    with defer_interrupts(), spare_long_lived_objects():
+        try:
+            while True:
+                raise_if_interrupted()
+                if (reason := _stop_reason(study, run, deadline)) is not None:
+                    if reason != "timeout":
+                        log.info("%s", reason)
+                    break
+                if parent_pid is not None and os.getppid() != parent_pid:
+                    log.warning("the process that started this worker is gone: stopping")
+                    break
+                with claim:
+                    if heartbeats:
+                        optuna.storages.fail_stale_trials(study)  # killed workers' trials
+                    else:
+                        _fail_dead_local_trials(study)
+                    states = count_states(study)
+                    done, running = finished(states), states[TrialState.RUNNING]
+                    if done + running < total:
+                        try:
+                            study.optimize(
+                                runner,
+                                n_trials=1,
+                                catch=(NonFiniteLoss,),
+                                callbacks=callbacks,
+                                gc_after_trial=True,
+                            )
+                        except optuna.exceptions.UpdateFinishedTrialError:
+                            log.warning("a trial here missed its heartbeats and was failed")
+                        continue
+                if done >= total or not running or not heartbeats:
+                    break
+                _wait(1.0)  # the others' last trials may still fail and need a replacement
+        except Interrupted:
+            _fail_own_running_trials(study)
+            raise

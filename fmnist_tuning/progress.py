@@ -1,0 +1,149 @@
+"""What a study shows while it runs: one log line per trial, the study summary, durations."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import Counter
+from datetime import datetime
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from fmnist_tuning.faults import Interrupted, TrialFailure
+from fmnist_tuning.keys import EPOCHS
+
+log = logging.getLogger("fmnist_tuning")
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards --n-trials
+
+
+def count_states(study: optuna.Study) -> Counter[TrialState]:
+    """How many of the study's trials are in each state (all workers' trials)."""
+    return Counter(t.state for t in study.get_trials(deepcopy=False))
+
+
+def finished(counts: Counter[TrialState]) -> int:
+    """Trials that count towards the study's total: complete and pruned."""
+    return sum(counts[state] for state in FINISHED)
+
+
+def format_duration(seconds: float | None) -> str:
+    """``0m42s``, ``3m07s`` or ``2h05m``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(max(round(seconds), 0), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
+
+
+def wall_time(trials: list[FrozenTrial]) -> float | None:
+    """Seconds from the first trial's start to the last trial's end."""
+    starts: list[datetime] = [t.datetime_start for t in trials if t.datetime_start]
+    ends: list[datetime] = [t.datetime_complete for t in trials if t.datetime_complete]
+    return (max(ends) - min(starts)).total_seconds() if starts and ends else None
+
+
+def _best(study: optuna.Study) -> str:
+    try:
+        return f"best val_acc={study.best_value:.4f} (trial {study.best_trial.number})"
+    except ValueError:
+        return "no complete trial yet"
+
+
+def summarize(study: optuna.Study) -> str:
+    """One line on the study so far: trials per state and the best value."""
+    counts = count_states(study)
+    states = ", ".join(f"{counts[s]} {s.name.lower()}" for s in TrialState if counts[s])
+    return (
+        f"study {study.study_name!r}: {finished(counts)} finished trials "
+        f"({states or 'none'}); {_best(study)}"
+    )
+
+
+def describe(trial: FrozenTrial) -> str:
+    """The trial in one line: number, state, value, epochs, seconds, parameters."""
+    params = " ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
+    )
+    value = "-" if trial.value is None else f"{trial.value:.4f}"
+    seconds = trial.duration.total_seconds() if trial.duration else 0.0
+    return (
+        f"trial {trial.number} {trial.state.name} val_acc={value} "
+        f"epochs={trial.user_attrs.get(EPOCHS, 0)} {seconds:.1f}s {params}"
+    )
+
+
+def log_trial(
+    study: optuna.Study,
+    trial: FrozenTrial,
+    *,
+    n_trials: int | None = None,
+    deadline: float | None = None,
+) -> None:
+    """One line per finished trial: study progress, the trial, the best so far, pruned, time left.
+
+    A plain log line (no carriage returns), so a terminal, a log file and CI all get one line per
+    trial, e.g. ``[7/50] trial 6 PRUNED val_acc=- … | best=0.8912 (trial 3) | pruned 2 | ~4m10s
+    left``.
+
+    Args:
+        study: The study (all workers' trials count).
+        trial: The trial that just finished.
+        n_trials: The study's total of finished trials (``--n-trials``), for "i/N" and the estimate.
+        deadline: ``time.monotonic()`` after which no new trial starts (``--timeout``).
+    """
+    counts = count_states(study)
+    done = finished(counts)
+    progress = f"[{done}/{n_trials}]" if n_trials else f"[{done}]"
+    try:
+        best = f"best={study.best_value:.4f} (trial {study.best_trial.number})"
+    except ValueError:
+        best = "best=-"
+    tally = f"pruned {counts[TrialState.PRUNED]}"
+    if counts[TrialState.FAIL]:
+        tally += f", failed {counts[TrialState.FAIL]}"
+    left: list[float] = []
+    if n_trials:
+        durations = [
+            t.duration.total_seconds()
+            for t in study.get_trials(deepcopy=False, states=FINISHED)
+            if t.duration
+        ]
+        if durations:  # the mean trial so far, shared among the trials running in parallel
+            per_trial = sum(durations) / len(durations) / (1 + counts[TrialState.RUNNING])
+            left.append(max(n_trials - done, 0) * per_trial)
+    if deadline is not None:
+        left.append(deadline - time.monotonic())
+    eta = f" | ~{format_duration(min(left))} left" if left else ""
+    log.info("%s %s | %s | %s%s", progress, describe(trial), best, tally, eta)
+
+
+def configure_logging(prefix: str = "") -> None:
+    """Our one line per trial on stderr; Lightning's device banners and Optuna's echo off.
+
+    Args:
+        prefix: Starts every line (e.g. the worker's number).
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(message)s", "%H:%M:%S"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    for noisy in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("optuna.study._optimize").filters[:] = [_HandledFailures()]
+
+
+class _HandledFailures(logging.Filter):
+    """Drops Optuna's traceback for a trial that failed for a known reason (NaN loss, a signal).
+
+    Our own line for the trial says FAIL, and its ``fail_reason`` attribute says why.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(
+            error, (TrialFailure, Interrupted)
+        ) and "failed with value None" not in str(record.msg)

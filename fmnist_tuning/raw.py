@@ -1,0 +1,173 @@
+"""The four original Fashion-MNIST files: found, downloaded when absent, decoded once per process.
+
+The IDX ``.gz`` files are read in place (never written next to), either directly in ``data_dir``
+(like ``../shared/data/fashion-mnist``) or in torchvision's layout ``data_dir/FashionMNIST/raw/``.
+When neither exists, :func:`download` fetches them with torchvision (md5-checked).
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+CLASS_NAMES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+IMAGE_SIDE = 28
+N_FEATURES = IMAGE_SIDE * IMAGE_SIDE
+N_CLASSES = len(CLASS_NAMES)
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+_IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # unsigned byte data, 3-D images / 1-D labels
+
+
+class DataError(ValueError):
+    """A Fashion-MNIST file is missing or unreadable; the message names the file and the fix."""
+
+
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: a cache key of the splits
+class RawFashionMNIST:
+    """The decoded official splits, as uint8 images (N, 784) and int64 labels (N,)."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def _candidate_dirs(data_dir: Path) -> list[Path]:
+    return [data_dir, data_dir / "FashionMNIST" / "raw"]
+
+
+def find_files(data_dir: str | Path) -> dict[str, Path] | None:
+    """Locates the four IDX files (``.gz`` or unpacked) in either supported layout.
+
+    Returns:
+        The paths by role, or ``None`` when no file of the dataset is present at all.
+
+    Raises:
+        DataError: Some but not all of the files are present.
+    """
+    data_dir = Path(data_dir)
+    for folder in _candidate_dirs(data_dir):
+        found: dict[str, Path] = {}
+        for role, stem in FILES.items():
+            for name in (stem + ".gz", stem):
+                if (folder / name).is_file():
+                    found[role] = folder / name
+                    break
+        if len(found) == len(FILES):
+            return found
+        if found:
+            missing = sorted(FILES[r] + ".gz" for r in FILES if r not in found)
+            raise DataError(
+                f"{folder} has only part of Fashion-MNIST: missing {', '.join(missing)}; "
+                "copy the four original .gz files there or pass another --data-dir"
+            )
+    return None
+
+
+def _read_idx(path: Path, ndim: int) -> torch.Tensor:
+    fix = "replace it with an intact copy of the original file or pass another --data-dir"
+    header_size = 4 + 4 * ndim
+    try:
+        with gzip.open(path) if path.suffix == ".gz" else path.open("rb") as f:
+            header = f.read(header_size)
+            if len(header) < header_size:
+                raise DataError(f"{path} is corrupt (only {len(header)} bytes); {fix}")
+            magic, *dims = struct.unpack(f">{1 + ndim}I", header)
+            if magic != _IDX_MAGIC[ndim]:
+                raise DataError(
+                    f"{path} is not a {ndim}-D IDX uint8 file (magic {magic:#010x}); {fix}"
+                )
+            if dims[0] > 100_000 or any(d != IMAGE_SIDE for d in dims[1:]):
+                raise DataError(f"{path} has an implausible IDX shape {tuple(dims)}; {fix}")
+            payload = bytearray(math.prod(dims))  # decompressed straight into the tensor's memory
+            got = f.readinto(payload)
+            extra = len(f.read(1))
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{path} is corrupt ({err}); {fix}") from None
+    if got != len(payload) or extra:
+        expected = header_size + len(payload)
+        raise DataError(f"{path} is corrupt (expected {expected} bytes of IDX data); {fix}")
+    return torch.frombuffer(payload, dtype=torch.uint8).view(*dims)
+
+
+def _decode(files: dict[str, Path]) -> RawFashionMNIST:
+    splits = {}
+    for split in ("train", "test"):
+        images = _read_idx(files[f"{split}_images"], 3)
+        labels = _read_idx(files[f"{split}_labels"], 1)
+        if images.shape[0] != labels.shape[0] or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+            raise DataError(
+                f"{files[f'{split}_images']} holds {tuple(images.shape)} images for "
+                f"{labels.shape[0]} labels; replace both {split} files with the originals"
+            )
+        if labels.numel() and int(labels.max()) >= N_CLASSES:
+            raise DataError(f"{files[f'{split}_labels']} has labels outside 0-9; replace it")
+        splits[split] = (images.reshape(-1, N_FEATURES), labels.long())
+    return RawFashionMNIST(*splits["train"], *splits["test"])
+
+
+_DECODED: dict[tuple[Path, ...], RawFashionMNIST] = {}
+
+
+def load_raw(data_dir: str | Path) -> RawFashionMNIST:
+    """Decodes the dataset in ``data_dir``, once per process (later calls return the cached tensors).
+
+    Raises:
+        DataError: The files are missing, partial or corrupt.
+    """
+    files = find_files(data_dir)
+    if files is None:
+        raise DataError(
+            f"no Fashion-MNIST files in {Path(data_dir).resolve()}; pass --data-dir (or set "
+            "FMNIST_DATA_DIR) to a folder holding the four original .gz files"
+        )
+    key = tuple(sorted(p.resolve() for p in files.values()))
+    if key not in _DECODED:
+        _DECODED.clear()  # one dataset per process is all a study needs; do not keep stale copies
+        _DECODED[key] = _decode(files)
+    return _DECODED[key]
+
+
+def download(data_dir: str | Path) -> None:
+    """Fetches the dataset with torchvision into ``data_dir/FashionMNIST/raw`` unless present."""
+    if find_files(data_dir) is not None:
+        return
+    from torchvision.datasets import FashionMNIST
+
+    try:
+        FashionMNIST(str(data_dir), train=True, download=True)
+        FashionMNIST(str(data_dir), train=False, download=True)
+    except Exception as err:  # torchvision raises RuntimeError/URLError/OSError variants
+        raise DataError(
+            f"no Fashion-MNIST files in {Path(data_dir).resolve()} and the download failed "
+            f"({type(err).__name__}); pass --data-dir to a folder holding the four .gz files"
+        ) from None
+
+
+def check_val_size(raw: RawFashionMNIST, val_size: int) -> None:
+    """Raises :class:`DataError` unless ``val_size`` leaves training images on both sides."""
+    n = raw.train_x.shape[0]
+    if not 0 < val_size < n:
+        raise DataError(f"--val-size {val_size} does not fit {n} training images; use 1 to {n - 1}")

@@ -1,0 +1,106 @@
+"""Open an Optuna storage (SQL database or journal file) and show its URL without the password."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy.exc
+from optuna.storages.journal import JournalFileBackend
+from sqlalchemy.engine import make_url
+
+JOURNAL_PREFIX = "journal:"  # journal:PATH, an Optuna JournalFileBackend log on a shared disk
+MAX_RETRY = 3  # times the trial of a killed worker is queued again
+
+
+class StudyError(ValueError):
+    """The storage or the stored study cannot be used as asked; the message says how to fix it."""
+
+
+def redact(url: str) -> str:
+    """The storage URL with any password masked, safe for logs and reports."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy URL (e.g. a journal file path): nothing to hide
+        return url
+
+
+def journal_path(url: str) -> Path | None:
+    """The log file of a ``journal:PATH`` (or ``journal://PATH``) storage; None for SQL URLs."""
+    if not url.startswith(JOURNAL_PREFIX):
+        return None
+    rest = url[len(JOURNAL_PREFIX) :]
+    return Path(rest[2:] if rest.startswith("//") else rest)
+
+
+def open_storage(
+    url: str, heartbeat_interval: int | None = None, grace_period: int | None = None
+) -> optuna.storages.BaseStorage:
+    """Opens an Optuna storage, turning every failure into one clear error.
+
+    Args:
+        url: An SQLAlchemy URL (``sqlite:///…``, ``postgresql+psycopg://…``, …) or
+            ``journal:PATH`` for a journal file on a filesystem all workers share.
+        heartbeat_interval: Seconds between heartbeats of a running trial (SQL storages only);
+            None disables heartbeats.
+        grace_period: Seconds without a heartbeat after which a running trial is FAIL and queued
+            again; None means three heartbeats.
+
+    Raises:
+        StudyError: The storage cannot be opened.
+    """
+    journal = journal_path(url)
+    try:
+        if journal is not None:
+            if not journal.parent.is_dir():
+                raise FileNotFoundError(f"no folder {journal.parent}")
+            if journal.is_dir() or not journal.name:
+                raise IsADirectoryError(f"{journal} is a folder; name a file, e.g. study.log")
+            return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 60}  # wait for other writers, do not fail
+        heartbeat: dict[str, Any] = {}
+        if heartbeat_interval is not None:
+            heartbeat = {
+                "heartbeat_interval": heartbeat_interval,
+                "grace_period": grace_period or 3 * heartbeat_interval,
+                "heartbeat_stale_trial_callback": (
+                    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+                ),
+            }
+        for attempt in range(3):
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **heartbeat)
+            except sqlalchemy.exc.DatabaseError as err:
+                # Another process (a worker, another machine) created the tables just now.
+                duplicate = isinstance(err, sqlalchemy.exc.IntegrityError)
+                if attempt == 2 or not (duplicate or "already exists" in str(err)):
+                    raise
+                time.sleep(1.0)
+        raise AssertionError("unreachable")
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StudyError(
+            f"cannot open storage {redact(url)} ({reason[:200]}); check the URL (an SQLAlchemy "
+            "URL such as postgresql+psycopg://user@host/db, or journal:PATH), that the server "
+            "is running and reachable, and that its driver is installed"
+        ) from None
+
+
+def load_existing(url: str, study_name: str) -> optuna.Study:
+    """Loads a study that must already exist (for reports and other readers; never creates one).
+
+    Raises:
+        StudyError: The storage cannot be opened, or holds no study of that name.
+    """
+    storage = open_storage(url)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if study_name not in names:
+        raise StudyError(
+            f"no study {study_name!r} in {redact(url)} (it holds: {', '.join(names) or 'none'}); "
+            "pass --study-name"
+        )
+    return optuna.load_study(study_name=study_name, storage=storage)
