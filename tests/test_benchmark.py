@@ -7,8 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import VAL_SIZE
 from tests.processes import ROOT
+
+pytestmark = pytest.mark.integration
 
 JSON_KEYS = {
     "epoch_s": {"dataloader", "project", "raw"},

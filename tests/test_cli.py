@@ -24,6 +24,7 @@ def _args(data_dir: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.integration
 def test_two_trial_study_writes_best_json_tensorboard_and_storage(
     fake_data_dir: Path, tmp_path: Path
 ) -> None:
@@ -54,6 +55,7 @@ def test_two_trial_study_writes_best_json_tensorboard_and_storage(
     assert study.best_value == pytest.approx(best["val_acc"])
 
 
+@pytest.mark.integration
 def test_rerunning_resumes_the_same_study(fake_data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert main(_args(fake_data_dir, out, "--n-trials", "1")) == 0
@@ -62,6 +64,7 @@ def test_rerunning_resumes_the_same_study(fake_data_dir: Path, tmp_path: Path) -
     assert [t.number for t in study.trials] == [0, 1]  # total is 2, not 1 + 2
 
 
+@pytest.mark.integration
 def test_patience_stops_the_study(fake_data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert main(_args(fake_data_dir, out, "--n-trials", "30", "--patience", "1")) == 0
@@ -122,6 +125,7 @@ def test_unreachable_storage_exits_2_without_password(
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.integration
 def test_script_reports_bad_input_without_traceback(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "tune.py"), "--data-dir", str(tmp_path)],

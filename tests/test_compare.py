@@ -52,6 +52,7 @@ def test_best_so_far_never_decreases(compare: ModuleType) -> None:
     assert compare.best_so_far(study) == [0.5, 0.7, 0.7, 0.9, 0.9]
 
 
+@pytest.mark.integration
 def test_script_writes_plot_and_tables_for_all_three_samplers(
     compare: ModuleType, fake_data_dir: Path, tmp_path: Path
 ) -> None:

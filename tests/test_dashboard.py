@@ -22,6 +22,8 @@ pytest.importorskip(
 
 from fmnist_tuning.search_space import suggest_config
 
+pytestmark = pytest.mark.integration
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -40,6 +40,7 @@ GOOD = {
 DIVERGING = {**GOOD, "lr_sgd": 1e12}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("signum", "workers"), [(signal.SIGINT, "1"), (signal.SIGTERM, "2")])
 def test_signal_mid_trial_fails_it_prints_the_summary_and_exits_128_plus_signal(
     signum: signal.Signals, workers: str, fake_data_dir: Path, tmp_path: Path
@@ -68,6 +69,7 @@ def test_signal_mid_trial_fails_it_prints_the_summary_and_exits_128_plus_signal(
     assert "Traceback" not in err and not (out / "best.json").exists()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_during_the_final_retrain_exits_128_plus_signal_and_keeps_the_trials(
     signum: signal.Signals,
@@ -205,6 +207,7 @@ def test_stored_study_with_another_search_space_exits_2_with_one_line(
     assert "another search space" in _one_line_error(capsys)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("changed", [("--seed", "1"), ("--val-size", "50"), ("--max-epochs", "2")])
 def test_resuming_on_another_validation_split_or_schedule_exits_2_with_one_line(
     changed: tuple[str, str],
@@ -260,6 +263,7 @@ def test_bad_storage_url_exits_2_with_one_line(
     assert not out.exists()
 
 
+@pytest.mark.integration
 def test_journal_storage_on_a_shared_file_runs_the_study(
     fake_data_dir: Path, tmp_path: Path
 ) -> None:

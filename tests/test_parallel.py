@@ -23,6 +23,8 @@ from tests.processes import (
     wait_for,
 )
 
+pytestmark = pytest.mark.integration
+
 
 def _assert_exact_total(storage: str, study_name: str, total: int, log: str) -> None:
     study = optuna.load_study(study_name=study_name, storage=storage)

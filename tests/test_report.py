@@ -67,6 +67,7 @@ def _fake_study(n_complete: int, n_pruned: int = 0) -> optuna.Study:
     return study
 
 
+@pytest.mark.integration
 def test_a_study_run_leaves_every_plot_as_html_and_png(study_run: Path) -> None:
     folder = study_run / "plots"
     for name in PLOT_NAMES:
@@ -76,6 +77,7 @@ def test_a_study_run_leaves_every_plot_as_html_and_png(study_run: Path) -> None:
     assert (folder / plots.PLOTLY_JS).stat().st_size > 1_000_000  # the bundle, for offline use
 
 
+@pytest.mark.integration
 def test_report_is_one_offline_file_with_plotly_embedded_once(study_run: Path) -> None:
     page = _page(study_run)
     bundle = plots.plotly_js()
@@ -87,6 +89,7 @@ def test_report_is_one_offline_file_with_plotly_embedded_once(study_run: Path) -
     assert page.count("data:image/png;base64,") >= len(PLOT_NAMES)
 
 
+@pytest.mark.integration
 def test_report_shows_summary_and_best_trial_with_test_accuracy(study_run: Path) -> None:
     best = json.loads((study_run / "best.json").read_text())
     page = _page(study_run)
@@ -102,6 +105,7 @@ def test_report_shows_summary_and_best_trial_with_test_accuracy(study_run: Path)
     assert all(name in table for name in best["params"])
 
 
+@pytest.mark.integration
 def test_report_has_confusion_matrix_per_class_accuracy_and_trials_table(study_run: Path) -> None:
     page = _page(study_run)
     assert 'id="confusion-matrix"' in page and 'id="per-class"' in page
@@ -112,6 +116,7 @@ def test_report_has_confusion_matrix_per_class_accuracy_and_trials_table(study_r
     assert trials.count("<tr") == 1 + 3 and trials.count('class="best"') == 1
 
 
+@pytest.mark.integration
 def test_the_stored_test_result_is_what_best_json_and_the_page_show(study_run: Path) -> None:
     best = json.loads((study_run / "best.json").read_text())
     (result,) = _study(study_run).user_attrs[FINAL_MODELS].values()
@@ -175,6 +180,7 @@ def test_report_hides_the_storage_password(tmp_path: Path) -> None:
     assert "s3cret" not in page and "me:***@db.lan" in page
 
 
+@pytest.mark.integration
 def test_run_settings_are_stored_when_the_study_is_created(
     study_run: Path, fake_data_dir: Path
 ) -> None:
@@ -184,6 +190,7 @@ def test_run_settings_are_stored_when_the_study_is_created(
     assert (settings["sampler"], settings["pruner"]) == ("tpe", "median")
 
 
+@pytest.mark.integration
 def test_report_script_rebuilds_the_report_from_storage(study_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "again"
     storage = f"sqlite:///{study_run / 'study.db'}"
@@ -206,6 +213,7 @@ def _script(name: str) -> ModuleType:
     return module
 
 
+@pytest.mark.integration
 def test_report_script_names_a_missing_study_in_one_line(
     study_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -254,6 +262,7 @@ def _script_errors(dom: str) -> str:
     return match.group(1).strip()
 
 
+@pytest.mark.integration
 @needs_chromium
 def test_chromium_renders_the_report_without_script_errors(study_run: Path) -> None:
     dom, log = _render(study_run / REPORT_HTML)
@@ -264,6 +273,7 @@ def test_chromium_renders_the_report_without_script_errors(study_run: Path) -> N
     assert dom.count('class="main-svg"') >= len(PLOT_NAMES)  # plotly drew every figure
 
 
+@pytest.mark.integration
 @needs_chromium
 def test_chromium_check_catches_a_script_error(tmp_path: Path) -> None:
     page = tmp_path / "broken.html"
