@@ -145,8 +145,8 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         batch_size: Training batch size.
         val_size: Images of the official training set held out for validation.
         seed: Seed of the train/val split and of the per-epoch shuffles.
-        eval_batch_size: Batch size for validation and test. 1,000 keeps the widest models' eval
-            activations small (5,000 added ~80 MB to the peak RSS of a 1917-1347 trial).
+        eval_batch_size: Batch size for validation and test; small enough that the widest
+            models' evaluation activations stay a small part of a trial's memory.
         flip: Random horizontal flips of training batches (on the device, after transfer).
         full_train: Train on all 60,000 official training images (the validation images too), for
             the final model of a finished study; there is then no validation set.

@@ -25,7 +25,7 @@ from fmnist_tuning.faults import Interrupted, NonFiniteLoss, defer_interrupts, r
 from fmnist_tuning.keys import CLAIM_LOCK, WORKER
 from fmnist_tuning.objective import Objective, prune_checkpoints
 from fmnist_tuning.progress import FINISHED, count_states, finished, log_trial
-from fmnist_tuning.runtime import release_memory, spare_long_lived_objects
+from fmnist_tuning.runtime import spare_long_lived_objects
 from fmnist_tuning.storage import MAX_RETRY, journal_path
 
 try:
@@ -146,7 +146,12 @@ def _stop_reason(study: optuna.Study, run: RunConfig, deadline: float | None) ->
     return None
 
 
-def optimize(study: optuna.Study, run: RunConfig, parent_pid: int | None = None) -> None:
+def optimize(
+    study: optuna.Study,
+    run: RunConfig,
+    parent_pid: int | None = None,
+    objective: Objective | None = None,
+) -> None:
     """Runs trials until the study holds ``n_trials`` finished ones, the timeout, or patience.
 
     Every worker process, here or on other machines, may run this on the same study. Before each
@@ -161,6 +166,8 @@ def optimize(study: optuna.Study, run: RunConfig, parent_pid: int | None = None)
         study: The study, with this worker's sampler.
         run: The study-wide settings.
         parent_pid: For a worker process: stop when the parent that started it is gone.
+        objective: What trains a trial; by default ``Objective(run)`` (the benchmark passes one
+            with timers).
 
     Raises:
         Interrupted: SIGINT or SIGTERM arrived (under :func:`fmnist_tuning.faults.catch_signals`);
@@ -173,10 +180,9 @@ def optimize(study: optuna.Study, run: RunConfig, parent_pid: int | None = None)
     callbacks = [
         lambda s, t: log_trial(s, t, n_trials=run.n_trials, deadline=deadline),
         lambda s, _: prune_checkpoints(s, run.output_dir),
-        release_memory,
     ]
     claim = _ClaimLock(run.output_dir / CLAIM_LOCK)
-    runner = _Runner(Objective(run), claim)
+    runner = _Runner(objective or Objective(run), claim)
     heartbeats = journal_path(run.storage_url) is None
     total = math.inf if run.n_trials is None else run.n_trials
     with defer_interrupts(), spare_long_lived_objects():

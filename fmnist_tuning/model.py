@@ -114,8 +114,7 @@ class FashionMNISTClassifier(pl.LightningModule):
         # training_step takes the optimizer step itself (Lightning's manual optimization): the same
         # update as automatic optimization, through the same precision-aware backward and
         # step-counting optimizer wrapper, without the per-step closure and the zero-grad and
-        # gradient-clipping hooks around it: 1.06 -> 1.01 s per epoch of the benchmark's
-        # 784-128-10 model, the Trainer's share of which is what scripts/benchmark.py measures.
+        # gradient-clipping hooks around it. A speed measure: docs/benchmarks.md, "Speed measures".
         self.automatic_optimization = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from fmnist_tuning.keys import (
     CHECKPOINT_DIR,
     EPOCHS,
     FAIL_REASON,
+    HP_METRIC,
     TENSORBOARD_DIR,
     TRAIN_SECONDS,
     VAL_ACC,
@@ -122,7 +123,7 @@ class Objective:
             run.output_dir / TENSORBOARD_DIR, name="", version=name, default_hp_metric=False
         )
         # The HParams entry is written once, up front; ValHistory then updates its hp_metric.
-        logger.log_hyperparams({"trial": trial.number, **config.flat()}, {"hp_metric": 0.0})
+        logger.log_hyperparams({"trial": trial.number, **config.flat()}, {HP_METRIC: 0.0})
         trainer = build_trainer(run, callbacks, logger, **self.trainer_overrides)
         module = build_module(config)
         start = time.perf_counter()

@@ -1,9 +1,10 @@
 """The report's figures: Optuna's plots of a study (HTML and PNG), and the grid of test mistakes.
 
 Every plot of the study is drawn by ``optuna.visualization`` and
-``optuna.visualization.matplotlib``; nothing here re-implements one. A plot the study cannot support yet (importances with fewer than 2 complete
-trials, a contour without 2 varying parameters, ...) is skipped with a one-line reason: Optuna
-itself would only log a warning and draw an empty figure.
+``optuna.visualization.matplotlib``; nothing here re-implements one. A plot the study cannot
+support yet (importances with fewer than 2 complete trials, a contour without 2 varying
+parameters, ...) is skipped with a one-line reason: Optuna itself would only log a warning and
+draw an empty figure.
 """
 
 from __future__ import annotations

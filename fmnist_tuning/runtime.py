@@ -4,27 +4,27 @@ The entry points (``fmnist-tune``, its worker processes, ``scripts/report.py``,
 ``scripts/benchmark.py``) call :func:`setup_process` once, before anything else imports
 Lightning; nothing here runs as a side effect of an import or of building a Trainer. Each speed
 measure is kept because the benchmark shows it is worth at least 5 % of an epoch or of a trial, or
-50 MB of memory; its figures are in docs/benchmarks.md ("Speed measures").
+50 MB of memory; its figures are in docs/benchmarks.md ("Speed measures"). One measure cannot live
+here: the model's training step takes the optimizer step itself (Lightning's manual optimization,
+``fmnist_tuning/model.py``), measured there too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import gc
 import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 KEEP_TRITON = "FMNIST_KEEP_TRITON"  # =1: import Triton even without a GPU (as torch would)
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 
 # torch's fused optimizer kernels (CPU and CUDA): the same updates without per-tensor temporaries.
-# Measure "fused optimizers" in docs/benchmarks.md. RMSprop has no fused kernel.
+# docs/benchmarks.md, "Speed measures", row "fused optimizers". RMSprop has no fused kernel.
 FUSED_OPTIMIZERS = frozenset({"adam", "adamw", "sgd"})
 
 
@@ -50,9 +50,9 @@ def setup_process() -> None:
 def keep_triton_out() -> bool:
     """Keeps Triton, a compiler of GPU kernels, out of a process that has no CUDA device.
 
-    Measure "Triton" in docs/benchmarks.md (77 MB of resident memory). Lightning imports
-    torchmetrics, which imports torchvision, whose ops import ``torch._dynamo``, which imports
-    Triton whenever the CUDA build of torch brought it along; nothing can use it without a GPU.
+    docs/benchmarks.md, "Speed measures", row "Triton kept out". Lightning imports torchmetrics,
+    which imports torchvision, whose ops import ``torch._dynamo``, which imports Triton whenever
+    the CUDA build of torch brought it along; nothing can use it without a GPU.
     Marking it absent is the path torch takes under its CPU-only builds. Must run before the first
     Lightning import; does nothing with a CUDA device, when Triton is already imported, or with
     ``FMNIST_KEEP_TRITON=1``.
@@ -83,11 +83,12 @@ def keep_triton_out() -> bool:
 def skip_nvml_checks() -> None:
     """Stops every optimizer step of a machine without a GPU from looking for NVIDIA's driver.
 
-    Measure "NVML check" in docs/benchmarks.md. Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1``
-    when imported, and Adam, AdamW and RMSprop ask ``torch.cuda.is_available()`` on every step;
-    without a driver that check first fails to load libnvidia-ml (not cached), then falls back to
-    the CUDA runtime's device count anyway. Going to the fallback directly answers the same. With a
-    GPU the answer is cached once CUDA starts, so nothing changes there.
+    docs/benchmarks.md, "Speed measures", row "no NVML lookup". Lightning sets
+    ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` when imported, and Adam, AdamW and RMSprop ask
+    ``torch.cuda.is_available()`` on every step; without a driver that check first fails to load
+    libnvidia-ml (not cached), then falls back to the CUDA runtime's device count anyway. Going to
+    the fallback directly answers the same. With a GPU the answer is cached once CUDA starts, so
+    nothing changes there.
     """
     import torch
 
@@ -96,39 +97,15 @@ def skip_nvml_checks() -> None:
 
 
 def optimizer_options(name: str) -> dict[str, Any]:
-    """Keyword arguments that make torch's optimizer ``name`` use its fused kernel, if it has one."""
+    """Keyword arguments that make torch's optimizer ``name`` use its fused kernel if it has one."""
     return {"fused": True} if name in FUSED_OPTIMIZERS else {}
-
-
-def _glibc_malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    return getattr(libc, "malloc_trim", None)  # glibc only (not musl, not macOS)
-
-
-_MALLOC_TRIM = _glibc_malloc_trim()
-
-
-def release_memory(*_: object) -> None:
-    """Hands a finished trial's freed memory back to the OS (an Optuna study callback).
-
-    Measure "malloc_trim" in docs/benchmarks.md. Runs after ``gc_after_trial`` has collected the
-    trial's objects; glibc keeps freed heap blocks for reuse, and trials of very different widths
-    leave them fragmented, so the resident memory of a long study crept up without it.
-    """
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 @contextlib.contextmanager
 def spare_long_lived_objects() -> Iterator[None]:
     """Keeps the garbage collector from walking, after every trial, what outlives all trials.
 
-    Measure "gc.freeze" in docs/benchmarks.md. The full collection after each trial
+    docs/benchmarks.md, "Speed measures", row "gc.freeze". The full collection after each trial
     (``gc_after_trial``, which frees the trial's Trainer, module and tensors at once) walks every
     tracked object, several hundred thousand once torch, Lightning and Optuna are imported. Around
     a trial loop, ``gc.freeze()`` moves everything alive at its start (modules, the decoded data,

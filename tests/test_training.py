@@ -83,12 +83,8 @@ def test_pruner_none_lets_every_trial_finish(run_config: RunConfig, tmp_path: Pa
     assert len(study.trials[-1].intermediate_values) == 4  # still reported: curves for the plots
 
 
-def test_no_trainer_outlives_its_trial(
-    run_config: RunConfig, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The study frees each trial: no Trainer survives it, and the heap is trimmed once per trial."""
-    trims: list[int] = []
-    monkeypatch.setattr(runtime, "_MALLOC_TRIM", trims.append)
+def test_no_trainer_outlives_its_trial(run_config: RunConfig) -> None:
+    """The study frees each trial: no Trainer survives it."""
     seen: list[int] = []
 
     class LongLived(Callback):  # long-lived: Lightning binds the module's log methods onto it
@@ -105,20 +101,9 @@ def test_no_trainer_outlives_its_trial(
         objective.Objective(run, extra_callbacks=[LongLived()]),
         n_trials=2,
         gc_after_trial=True,
-        callbacks=[runtime.release_memory, live_trainers],
+        callbacks=[live_trainers],
     )
     assert len(seen) == 2 and all(t.state == TrialState.COMPLETE for t in study.trials)
-    assert trims == [0, 0]
-
-
-def test_the_study_runner_releases_memory_after_every_trial(
-    run_config: RunConfig, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    trims: list[int] = []
-    monkeypatch.setattr(runtime, "_MALLOC_TRIM", trims.append)
-    run = dataclasses.replace(run_config, max_epochs=1, n_trials=3, warm_start=False)
-    optimize(load_or_create(run), run)
-    assert trims == [0, 0, 0]
 
 
 def _count_nvml_lookups(monkeypatch: pytest.MonkeyPatch, steps: int) -> int:

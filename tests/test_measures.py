@@ -1,0 +1,34 @@
+"""``scripts/measures.py`` runs on tiny data and prints its table (no figure is asserted here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import VAL_SIZE
+from tests.processes import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_quick_measures_print_every_measure_and_write_their_json(
+    fake_data_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "measures.json"
+    args = ["--data-dir", str(fake_data_dir), "--val-size", str(VAL_SIZE), "--quick"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "measures.py"), *args, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("fused optimizers", "gc.freeze", "Triton kept out"):
+        assert f"| {name} |" in proc.stdout, name
+    results = json.loads(out.read_text())
+    assert {"fused", "gc_freeze", "triton"} <= results.keys()
+    assert all(results[k]["on"] >= 0 for k in ("fused", "gc_freeze", "triton"))
