@@ -1,4 +1,4 @@
-"""The trial's own Lightning callbacks: stop on a signal or a non-finite loss; record the curve."""
+"""The project's own Lightning callbacks: stop on a signal, a bad loss or an epoch; the curve."""
 
 from __future__ import annotations
 
@@ -82,3 +82,18 @@ class TrialGuard(Callback):
                 f"non-finite training loss (NaN or inf) in epoch {trainer.current_epoch}; "
                 "the learning rate is probably too high"
             )
+
+
+class StopAfterEpochs(Callback):
+    """Ends training after ``epochs`` epochs, whatever the Trainer's ``max_epochs`` (the schedule).
+
+    The final model trains with the trial's schedule length (``max_epochs``: the one-cycle learning
+    rate spans it) but stops where the trial's validation accuracy peaked.
+    """
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True

@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_positive_float, help="seconds; no new trial after it")
     p.add_argument("--max-epochs", type=_positive_int, default=d.max_epochs)
     p.add_argument("--sampler", choices=("tpe", "random", "grid"), default=d.sampler)
-    p.add_argument("--pruner", choices=("median", "none"), default=d.pruner)
+    p.add_argument("--pruner", choices=("median", "hyperband", "none"), default=d.pruner)
     p.add_argument("--patience", type=_positive_int, help="stop after K trials without a new best")
     p.add_argument("--seed", type=_seed, default=d.seed)
     p.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default=d.accelerator)
@@ -139,6 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_output_dir(path: Path) -> None:
+    """Refuses an output folder that cannot be made: a file, or under one, or not writable."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is a file" if existing == path else f"is under {existing}, a file"
+        raise UsageError(f"--output-dir {path} {what}; name a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--output-dir {path}: {existing} is not writable; name another folder")
+
+
 def parse_config(argv: Sequence[str] | None = None) -> RunConfig:
     """Parses and validates the flags.
 
@@ -151,6 +163,8 @@ def parse_config(argv: Sequence[str] | None = None) -> RunConfig:
             f"--grace-period {args.grace_period} must exceed --heartbeat-interval "
             f"{args.heartbeat_interval}, or live trials would be failed"
         )
+    output_dir = args.output_dir or Path("runs") / args.study_name
+    _check_output_dir(output_dir)
     if args.accelerator == "gpu":
         import torch
 
@@ -160,7 +174,7 @@ def parse_config(argv: Sequence[str] | None = None) -> RunConfig:
             )
     return RunConfig(
         study_name=args.study_name,
-        output_dir=args.output_dir or Path("runs") / args.study_name,
+        output_dir=output_dir,
         storage=args.storage,
         data_dir=args.data_dir or default_data_dir(),
         n_trials=args.n_trials,

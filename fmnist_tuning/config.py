@@ -19,13 +19,13 @@ class RunConfig:
     study_name: str = "fmnist-mlp"  # name of the Optuna study inside the storage
     output_dir: Path = Path("runs/fmnist-mlp")  # best.json, tensorboard/, checkpoints/, study.db
     storage: str | None = None  # Optuna storage URL; None = sqlite:///<output_dir>/study.db
-    # The four IDX .gz files (or torchvision's FashionMNIST/raw below it): $FMNIST_DATA_DIR, else ./data
+    # The four IDX .gz files (or torchvision's FashionMNIST/raw below): $FMNIST_DATA_DIR, else data
     data_dir: Path = field(default_factory=default_data_dir)
     n_trials: int | None = 50  # trials of the whole study (finished ones count on resume)
     timeout: float | None = None  # seconds after which no new trial starts
     max_epochs: int = 20  # epochs per trial at most (early stopping and pruning end many sooner)
     sampler: str = "tpe"  # tpe (Bayesian), random, or grid (search_space.GRID)
-    pruner: str = "median"  # median (MedianPruner with warm-up) or none
+    pruner: str = "median"  # median (MedianPruner with warm-up), hyperband or none
     patience: int | None = None  # stop after this many finished trials without a new best
     seed: int = 0  # seeds the sampler, the train/val split, shuffles and weight init
     accelerator: str = "auto"  # auto (GPU when present), cpu or gpu

@@ -21,6 +21,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from fmnist_tuning.callbacks import StopAfterEpochs
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.data import FashionMNISTDataModule
 from fmnist_tuning.files import write_atomic
@@ -55,16 +56,26 @@ def final_path(output_dir: Path, trial: int) -> Path:
     return output_dir / CHECKPOINT_DIR / f"final_{trial_name(trial)}.ckpt"
 
 
-def retrain_full(config: TrialConfig, run: RunConfig, epochs: int, path: Path) -> Path:
-    """Trains ``config`` afresh on all 60,000 training images for ``epochs``; saves it at ``path``.
+def best_epoch(trial: FrozenTrial) -> int:
+    """The epoch (from 1) of the trial's best validation accuracy: where its checkpoint was saved.
 
-    The chosen configuration was selected on the validation split; the final model may then also
-    learn from those 5,000 images (the schedule spans ``epochs``, the length the trial trained).
+    The first of equal bests, as checkpointing and early stopping count only a strict gain.
+    """
+    curve = [trial.intermediate_values[step] for step in sorted(trial.intermediate_values)]
+    return 1 + max(range(len(curve)), key=lambda i: (curve[i], -i)) if curve else 0
+
+
+def retrain_full(config: TrialConfig, run: RunConfig, epochs: int, path: Path) -> Path:
+    """Trains ``config`` afresh on all 60,000 training images; saves the weights at ``path``.
+
+    The recipe of the validated model, the trial's checkpoint: the same one-cycle schedule, spanning
+    ``run.max_epochs`` epochs as in every trial of the study, stopped after ``epochs`` epochs (the
+    trial's best). Only the data differ: the 5,000 validation images are trained on too.
     """
     pl.seed_everything(run.seed, verbose=False)
     module = build_module(config)
     datamodule = build_datamodule(config, run, full_train=True)
-    trainer = build_trainer(run, max_epochs=epochs, limit_val_batches=0)
+    trainer = build_trainer(run, callbacks=[StopAfterEpochs(epochs)], limit_val_batches=0)
     trainer.fit(module, datamodule=datamodule)
     path.parent.mkdir(parents=True, exist_ok=True)
     trainer.save_checkpoint(path, weights_only=True)
@@ -92,7 +103,7 @@ def score_on_test(model: Path, run: RunConfig) -> dict[str, Any]:
     worst = wrong[confidence[wrong].argsort(descending=True, stable=True)[:N_CONFUSED]].tolist()
     per_class = confusion.diag() / confusion.sum(dim=1).clamp(min=1)
     return {
-        "test_acc": float(confusion.trace() / confusion.sum()),
+        "test_acc": int(confusion.trace()) / len(labels),  # exact: k of n images
         "n_images": len(labels),
         "confusion": confusion.tolist(),
         "per_class": per_class.tolist(),
@@ -115,10 +126,16 @@ def _final_model(study: optuna.Study, best: FrozenTrial, run: RunConfig) -> dict
             f"machine{where} and output dir that trained it, or give all machines one shared "
             "--output-dir"
         )
-    epochs = int(best.user_attrs.get(EPOCHS) or run.max_epochs)
+    epochs = best_epoch(best)
     model = checkpoint
     if run.retrain:
-        log.info("retraining trial %d's configuration on all 60k images", best.number)
+        log.info(
+            "retraining trial %d's configuration on all training images: %d epochs of a %d-epoch "
+            "schedule, as the trial's best checkpoint",
+            best.number,
+            epochs,
+            run.max_epochs,
+        )
         config = suggest_config(optuna.trial.FixedTrial(best.params))
         model = retrain_full(config, run, epochs, final_path(run.output_dir, best.number))
     log.info("scoring trial %d's final model on the official test set (once)", best.number)
@@ -126,7 +143,8 @@ def _final_model(study: optuna.Study, best: FrozenTrial, run: RunConfig) -> dict
         "trial": best.number,
         "retrained": run.retrain,
         "model": str(model.resolve()),
-        "epochs": epochs,
+        "epochs": epochs,  # the checkpoint's epoch, and the epochs the retrain trains
+        "schedule_epochs": run.max_epochs,
         **score_on_test(model, run),
         "scored_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
@@ -159,6 +177,9 @@ def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
         "val_acc": best.value,
         "test_acc": final["test_acc"],
         "epochs": best.user_attrs.get(EPOCHS),
+        "best_epoch": best_epoch(best),
+        "final_epochs": final["epochs"],  # epochs the final model trained, of a schedule of
+        "schedule_epochs": final["schedule_epochs"],  # this many (the study's --max-epochs)
         "checkpoint": final["model"],  # the model test_acc was measured on
         "trial_checkpoint": best.user_attrs.get(CHECKPOINT),  # the trial's own best-epoch weights
         "retrained_on_full_train": final["retrained"],

@@ -13,7 +13,8 @@ from fmnist_tuning.progress import count_states, finished
 from fmnist_tuning.storage import StudyError, open_storage, redact
 
 SAMPLERS = ("tpe", "random", "grid")
-PRUNERS = ("median", "none")
+PRUNERS = ("median", "hyperband", "none")
+WARMUP_EPOCHS = 2  # no trial is pruned in its first epochs: slow starters need them
 DIRECTION = optuna.study.StudyDirection.MAXIMIZE
 # The settings a study's values depend on: resuming with others would mix values that do not
 # compare (another validation split, another schedule length, other ranges).
@@ -36,14 +37,20 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     raise StudyError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
-def make_pruner(name: str) -> optuna.pruners.BasePruner:
-    """Median pruning after a warm-up, or none.
+def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
+    """Median pruning after a warm-up, Hyperband, or none.
 
     Without the warm-up the median of epoch-0 accuracies prunes nearly every trial at its first
-    epoch, before slow starters (small learning rates, SGD) show what they can do.
+    epoch, before slow starters (small learning rates, SGD) show what they can do. Hyperband
+    (successive halving over several brackets, by thirds) gets the same warm-up as its smallest
+    budget and the trial's epochs as its largest.
     """
     if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=WARMUP_EPOCHS)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=WARMUP_EPOCHS, max_resource=max_epochs, reduction_factor=3
+        )
     if name == "none":
         return optuna.pruners.NopPruner()
     raise StudyError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
@@ -128,7 +135,7 @@ def load_or_create(run: RunConfig, slot: int = 0) -> optuna.Study:
         study_name=run.study_name,
         direction=DIRECTION,
         sampler=make_sampler(run.sampler, run.seed + slot),
-        pruner=make_pruner(run.pruner),
+        pruner=make_pruner(run.pruner, run.max_epochs),
         load_if_exists=True,
     )
     _check_settings(study, run)

@@ -94,6 +94,21 @@ def test_bad_flags_exit_2_with_one_line(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("where", ["file", "under-a-file"])
+def test_an_output_dir_that_cannot_be_a_folder_exits_2_with_one_line(
+    where: str, fake_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    out = taken if where == "file" else taken / "runs"
+    assert main(_args(fake_data_dir, out, "--n-trials", "1")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1 and err[0].startswith("fmnist-tune: error: --output-dir") and "file" in err[0]
+    )
+    assert taken.read_text() == "not a folder"
+
+
 def test_workers_and_heartbeat_flags_reach_the_config() -> None:
     assert parse_config([]).workers == 1
     assert parse_config(["--workers", "auto"]).workers == AUTO_WORKERS

@@ -87,7 +87,7 @@ def test_signal_during_the_final_retrain_exits_128_plus_signal_and_keeps_the_tri
 
     def retrain_gets_a_signal(run: RunConfig, *args: Any, **kwargs: Any) -> pl.Trainer:
         if kwargs.get("limit_val_batches") == 0:  # retrain_full's Trainer
-            kwargs["callbacks"] = [SignalOnSecondBatch()]
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), SignalOnSecondBatch()]
         return build_trainer(run, *args, **kwargs)
 
     monkeypatch.setattr(final, "build_trainer", retrain_gets_a_signal)

@@ -1,0 +1,113 @@
+"""The final model: retrained by the trial's recipe, scored once on the test set, read by all."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import optuna
+import pytest
+from lightning.pytorch.callbacks import Callback
+
+from fmnist_tuning import final
+from fmnist_tuning.cli import main
+from fmnist_tuning.config import RunConfig
+from fmnist_tuning.keys import FINAL_MODELS, REPORT_HTML
+from fmnist_tuning.loop import optimize
+from fmnist_tuning.study import load_or_create
+from tests.conftest import N_TEST
+from tests.processes import ROOT, tune_args
+
+
+def _trial(curve: list[float]) -> optuna.trial.FrozenTrial:
+    return optuna.trial.create_trial(value=max(curve), intermediate_values=dict(enumerate(curve)))
+
+
+def test_the_best_epoch_is_the_first_epoch_of_the_best_validation_accuracy() -> None:
+    assert final.best_epoch(_trial([0.5, 0.8, 0.7, 0.8, 0.6])) == 2
+    assert final.best_epoch(_trial([0.9])) == 1
+
+
+class _Spy(Callback):
+    """Records what the retrain's Trainer did."""
+
+    def __init__(self, seen: dict[str, Any]) -> None:
+        self.seen = seen
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        (config,) = trainer.lr_scheduler_configs
+        self.seen.update(
+            schedule_steps=config.scheduler.total_steps,  # type: ignore[attr-defined]
+            batches=trainer.num_training_batches,
+            epochs=trainer.current_epoch,
+            max_epochs=trainer.max_epochs,
+        )
+
+
+def test_the_retrain_follows_the_trials_schedule_and_stops_at_its_best_epoch(
+    run_config: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = dataclasses.replace(run_config, n_trials=1, max_epochs=5, early_stopping=1)
+    study = load_or_create(run)
+    study.enqueue_trial(
+        {"n_layers": 1, "n_units_l0": 128, "dropout": 0.0, "batch_norm": True,
+         "optimizer": "adam", "lr_adam": 3e-3, "weight_decay": 1e-6, "batch_size": 128}
+    )  # fmt: skip
+    optimize(study, run)
+    seen: dict[str, Any] = {}
+    build = final.build_trainer
+
+    def spying(*args: Any, **kwargs: Any) -> pl.Trainer:
+        if kwargs.get("limit_val_batches") == 0:  # the retrain's Trainer
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), _Spy(seen)]
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(final, "build_trainer", spying)
+    result = final.finalize(study, run)
+    assert result is not None
+    best = final.best_epoch(study.best_trial)
+    assert seen["epochs"] == best == result["final_epochs"]  # stopped where the trial peaked
+    assert seen["max_epochs"] == run.max_epochs == result["schedule_epochs"]
+    assert seen["schedule_steps"] == run.max_epochs * seen["batches"]  # the trial's schedule length
+
+
+@pytest.mark.integration
+def test_one_test_pass_per_final_model_across_tune_resume_report_and_no_retrain(
+    fake_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    passes: list[Path] = []
+    score = final.score_on_test
+
+    def counting(model: Path, run: RunConfig) -> dict[str, Any]:
+        passes.append(model)
+        return score(model, run)
+
+    monkeypatch.setattr(final, "score_on_test", counting)
+    out = tmp_path / "out"
+    args = tune_args(fake_data_dir, out, "--n-trials", "2", "--max-epochs", "2")
+    assert main(args) == 0  # tune: the retrained final model is scored
+    assert main(args) == 0  # resume with nothing left to run: the stored score is read
+    spec = importlib.util.spec_from_file_location("report_script", ROOT / "scripts" / "report.py")
+    assert spec is not None and spec.loader is not None
+    report_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report_script)
+    storage = f"sqlite:///{out / 'study.db'}"
+    assert report_script.main(["--storage", storage, "--output-dir", str(out)]) == 0
+    assert len(passes) == 1
+    assert main([*args, "--no-retrain"]) == 0  # another final model: the trial's checkpoint
+    assert main([*args, "--no-retrain"]) == 0
+    assert len(passes) == 2 and passes[0] != passes[1]
+
+    best = json.loads((out / "best.json").read_text())
+    stored = optuna.load_study(study_name="fmnist-mlp", storage=storage).user_attrs[FINAL_MODELS]
+    assert [r["test_acc"] for r in stored.values() if r["model"] == best["checkpoint"]] == [
+        best["test_acc"]
+    ]
+    correct = round(best["test_acc"] * N_TEST)
+    assert correct / N_TEST == best["test_acc"]  # k of N images: 4 decimals are every digit
+    page = (out / REPORT_HTML).read_text()
+    assert f"{best['test_acc']:.4f}" in page and f"{correct} of {N_TEST}" in page
