@@ -149,7 +149,8 @@ class FashionMNISTDataModule(pl.LightningDataModule):
             models' evaluation activations stay a small part of a trial's memory.
         flip: Random horizontal flips of training batches (on the device, after transfer).
         full_train: Train on all 60,000 official training images (the validation images too), for
-            the final model of a finished study; there is then no validation set.
+            the final model of a finished study; its validation batches are then training images,
+            so such a run validates nothing (the retrain sets ``limit_val_batches=0``).
     """
 
     def __init__(

@@ -3,8 +3,9 @@
 The official test set is used here and nowhere else. Each final model (a trial's configuration
 retrained on all 60,000 training images, or with ``--no-retrain`` the trial's own checkpoint) is
 scored exactly once; the result, with everything the report shows (confusion matrix, per-class
-accuracy, the most confident mistakes), is stored in the study's ``final_models`` attribute, and
-``best.json`` and the report read it from there.
+accuracy, the most confident mistakes), is stored in the study's ``final_models`` attribute
+(``{"current": key, "models": {key: result}}``, ``current`` naming the final model the latest
+``best.json`` describes), and ``best.json`` and the report read it from there.
 """
 
 from __future__ import annotations
@@ -65,14 +66,15 @@ def best_epoch(trial: FrozenTrial) -> int:
     return 1 + max(range(len(curve)), key=lambda i: (curve[i], -i)) if curve else 0
 
 
-def retrain_full(config: TrialConfig, run: RunConfig, epochs: int, path: Path) -> Path:
+def retrain_full(config: TrialConfig, run: RunConfig, epochs: int, path: Path, seed: int) -> Path:
     """Trains ``config`` afresh on all 60,000 training images; saves the weights at ``path``.
 
     The recipe of the validated model, the trial's checkpoint: the same one-cycle schedule, spanning
     ``run.max_epochs`` epochs as in every trial of the study, stopped after ``epochs`` epochs (the
-    trial's best). Only the data differ: the 5,000 validation images are trained on too.
+    trial's best), from the trial's seed. Only the data differ: the 5,000 validation images are
+    trained on too (so the batches, and the draws that shuffle and flip them, differ as well).
     """
-    pl.seed_everything(run.seed, verbose=False)
+    pl.seed_everything(seed, verbose=False)
     module = build_module(config)
     datamodule = build_datamodule(config, run, full_train=True)
     trainer = build_trainer(run, callbacks=[StopAfterEpochs(epochs)], limit_val_batches=0)
@@ -112,11 +114,17 @@ def score_on_test(model: Path, run: RunConfig) -> dict[str, Any]:
 
 
 def _final_model(study: optuna.Study, best: FrozenTrial, run: RunConfig) -> dict[str, Any]:
-    """The stored result of the best trial's final model; trains and scores it the first time."""
+    """The stored result of the best trial's final model; trains and scores it the first time.
+
+    Either way it becomes the study's ``current`` final model.
+    """
     key = model_key(best.number, run.retrain)
-    results: dict[str, Any] = dict(study.user_attrs.get(FINAL_MODELS, {}))
-    if key in results:
-        return dict(results[key])  # this final model was scored already: never twice
+    stored: dict[str, Any] = study.user_attrs.get(FINAL_MODELS, {})
+    models: dict[str, Any] = dict(stored.get("models", {}))
+    if key in models:  # this final model was scored already: never twice
+        if stored.get("current") != key:
+            study.set_user_attr(FINAL_MODELS, {"current": key, "models": models})
+        return dict(models[key])
     checkpoint = Path(best.user_attrs.get(CHECKPOINT, ""))
     if not best.user_attrs.get(CHECKPOINT) or not checkpoint.is_file():
         host = str(best.user_attrs.get(WORKER, "")).rpartition(":")[0]
@@ -137,7 +145,8 @@ def _final_model(study: optuna.Study, best: FrozenTrial, run: RunConfig) -> dict
             run.max_epochs,
         )
         config = suggest_config(optuna.trial.FixedTrial(best.params))
-        model = retrain_full(config, run, epochs, final_path(run.output_dir, best.number))
+        path = final_path(run.output_dir, best.number)
+        model = retrain_full(config, run, epochs, path, seed=run.seed + best.number)
     log.info("scoring trial %d's final model on the official test set (once)", best.number)
     result = {
         "trial": best.number,
@@ -148,8 +157,8 @@ def _final_model(study: optuna.Study, best: FrozenTrial, run: RunConfig) -> dict
         **score_on_test(model, run),
         "scored_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
-    results[key] = result
-    study.set_user_attr(FINAL_MODELS, results)
+    models[key] = result
+    study.set_user_attr(FINAL_MODELS, {"current": key, "models": models})
     return result
 
 

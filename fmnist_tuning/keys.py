@@ -24,7 +24,7 @@ FAIL_REASON = "fail_reason"  # why it failed (or was pruned) when not for its ac
 # Study user attributes.
 RUN_SETTINGS = "run_settings"  # what its values depend on, stored when the study is created
 WORKER_SLOTS = "worker_slots"  # worker processes started so far (each seeds its own sampler)
-FINAL_MODELS = "final_models"  # each final model's one scoring on the test set, by model key
+FINAL_MODELS = "final_models"  # each final model's one test score, and the current one
 
 # Files and folders in the output directory.
 BEST_JSON = "best.json"

@@ -107,7 +107,7 @@ class FashionMNISTClassifier(pl.LightningModule):
         )
         # The training loss is summed on the device and logged once per epoch: on a CPU, a
         # per-step self.log or torchmetrics update costs more than a small MLP's step itself.
-        # Also read by faults.TrialGuard: a NaN or inf in any step leaves this sum non-finite.
+        # Also read by callbacks.TrialGuard: a NaN or inf in any step leaves this sum non-finite.
         self.epoch_loss_sum: torch.Tensor
         self.register_buffer("epoch_loss_sum", torch.zeros(()), persistent=False)
         self._loss_count = 0

@@ -29,7 +29,6 @@ from fmnist_tuning.storage import redact
 log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).parent / "templates"
-ERROR_JS = (TEMPLATES / "errors.js").read_text(encoding="utf-8")  # shows script errors on the page
 MISTAKES_PNG = "confused_test_images.png"  # in plots/
 _ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, keep_trailing_newline=True
@@ -37,11 +36,14 @@ _ENV = jinja2.Environment(
 
 
 def stored_result(study: optuna.Study, trial: int) -> dict[str, Any] | None:
-    """The latest stored test result of a final model of ``trial`` (None: not scored yet)."""
-    results = study.user_attrs.get(FINAL_MODELS, {}).values()
-    return max(
-        (r for r in results if r["trial"] == trial), key=lambda r: str(r["scored_at"]), default=None
-    )
+    """The stored test result of the study's current final model, if it is ``trial``'s.
+
+    The current one is the model the latest ``best.json`` describes; None before the best trial
+    has a final model (the study still runs, or was interrupted before its end).
+    """
+    stored: dict[str, Any] = study.user_attrs.get(FINAL_MODELS, {})
+    result: dict[str, Any] | None = stored.get("models", {}).get(stored.get("current"))
+    return result if result is not None and result["trial"] == trial else None
 
 
 def _png_uri(png: bytes) -> str:
@@ -87,6 +89,7 @@ def _summary(study: optuna.Study, storage_url: str) -> list[tuple[str, Any]]:
         ("epochs per trial (max)", setting("max_epochs")),
         ("seed (split, sampler, init)", setting("seed")),
         ("validation images", setting("val_size")),
+        ("data folder (when created)", setting("data_dir")),
     ]
 
 
@@ -107,7 +110,10 @@ def _best(best: FrozenTrial | None, result: dict[str, Any] | None) -> dict[str, 
 def _test(result: dict[str, Any] | None, data_dir: Path | None) -> dict[str, Any]:
     """The final model's stored test result, laid out for the page."""
     if result is None:
-        return {"skipped": "No final model yet: it is made and scored once when the study ends."}
+        return {
+            "skipped": "No final model of the best trial yet: it is made and scored once, when "
+            "the study ends."
+        }
     matrix: list[list[int]] = result["confusion"]
     peak = max(max(row) for row in matrix) or 1
     hue = {True: "40,110,200", False: "220,60,40"}  # blue on the diagonal, red off it
@@ -131,7 +137,13 @@ def _test(result: dict[str, Any] | None, data_dir: Path | None) -> dict[str, Any
         grid_note = "Test images not shown: no data folder known; pass --data-dir."
     elif result["confused"] and data_dir is not None:
         try:
-            grid_png = plots.mistakes_png(load_raw(data_dir).test_x, result["confused"])
+            images = load_raw(data_dir).test_x
+            if len(images) != result["n_images"]:
+                raise DataError(
+                    f"{data_dir} holds {len(images)} test images, the final model was scored on "
+                    f"{result['n_images']}; pass --data-dir"
+                )
+            grid_png = plots.mistakes_png(images, result["confused"])
         except DataError as err:
             grid_note = f"Test images not shown: {err}"
     kind = "retrained on all training images" if result["retrained"] else "the trial's checkpoint"

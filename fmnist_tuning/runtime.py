@@ -1,8 +1,9 @@
 """How a tuning process runs: its process-wide settings and every speed measure, in one place.
 
-The entry points (``fmnist-tune``, its worker processes, ``scripts/report.py``,
-``scripts/benchmark.py``) call :func:`setup_process` once, before anything else imports
-Lightning; nothing here runs as a side effect of an import or of building a Trainer. Each speed
+The entry points that train (``fmnist-tune`` and its worker processes, ``scripts/benchmark.py``,
+``scripts/measures.py``, ``scripts/compare_samplers.py``) call :func:`setup_process` once, before
+anything else imports Lightning (``scripts/report.py`` trains nothing and imports no Lightning,
+so it needs none of this); nothing here runs as a side effect of an import or of building a Trainer. Each speed
 measure is kept because the benchmark shows it is worth at least 5 % of an epoch or of a trial, or
 50 MB of memory; its figures are in docs/benchmarks.md ("Speed measures"). One measure cannot live
 here: the model's training step takes the optimizer step itself (Lightning's manual optimization,

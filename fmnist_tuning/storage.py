@@ -96,6 +96,9 @@ def load_existing(url: str, study_name: str) -> optuna.Study:
     Raises:
         StudyError: The storage cannot be opened, or holds no study of that name.
     """
+    path = url.removeprefix("sqlite:///")
+    if path != url and not Path(path).is_file():  # opening it would create an empty database
+        raise StudyError(f"no study database at {path}; check --storage")
     storage = open_storage(url)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     if study_name not in names:

@@ -19,6 +19,7 @@ DIRECTION = optuna.study.StudyDirection.MAXIMIZE
 # The settings a study's values depend on: resuming with others would mix values that do not
 # compare (another validation split, another schedule length, other ranges).
 BINDING = ("seed", "val_size", "max_epochs", "search_space")
+LEGACY_SPLIT = "validation_split"  # what studies of earlier versions recorded instead
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
@@ -96,9 +97,17 @@ def _check_settings(study: optuna.Study, run: RunConfig) -> None:
         )
     settings = run_settings(run)
     stored: dict[str, Any] | None = study.user_attrs.get(RUN_SETTINGS)
-    if stored is None:  # a new study, or one made by hand: it is tied to these settings now
+    if stored is None:  # a new study, or one made by hand or by an earlier version
         _check_trials_fit(study, where)
-        study.set_user_attr(RUN_SETTINGS, settings)
+        # An earlier version kept only the split, as {"seed": ..., "val_size": ...}.
+        legacy = study.user_attrs.get(LEGACY_SPLIT, {})
+        if any(legacy.get(key, settings[key]) != settings[key] for key in ("seed", "val_size")):
+            raise StudyError(
+                f"{where} was tuned on the validation split of --seed {legacy.get('seed')} "
+                f"--val-size {legacy.get('val_size')}; resume it with those flags or use another "
+                "--study-name"
+            )
+        study.set_user_attr(RUN_SETTINGS, settings)  # tied to these settings from now on
         return
     if stored.get("search_space") != settings["search_space"]:
         raise StudyError(

@@ -70,7 +70,7 @@ def build_datamodule(
     Args:
         config: The configuration (batch size, flips).
         run: The study-wide settings (data folder, validation split).
-        full_train: Train on all 60,000 training images (the final model): no validation set.
+        full_train: Train on all 60,000 training images (the final model; validate nothing then).
     """
     return FashionMNISTDataModule(
         run.data_dir,

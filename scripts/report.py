@@ -43,13 +43,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ours.setLevel(logging.INFO)
     ours.propagate = False
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    output_dir = args.output_dir or Path("runs") / args.study_name
     try:
         study = load_existing(args.storage, args.study_name)
-    except StudyError as err:
+        write_report(study, output_dir, args.storage, args.data_dir)
+    except (StudyError, OSError) as err:
         print(f"report: error: {err}", file=sys.stderr)
         return 2
-    output_dir = args.output_dir or Path("runs") / args.study_name
-    write_report(study, output_dir, args.storage, args.data_dir)
     return 0
 
 

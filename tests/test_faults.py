@@ -228,6 +228,16 @@ def test_resuming_on_another_validation_split_or_schedule_exits_2_with_one_line(
     assert main([*first, "--n-trials", "2"]) == 0  # the same flags resume it
 
 
+def test_a_study_of_an_earlier_version_on_another_split_exits_2(
+    fake_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    study = optuna.create_study(storage=url, study_name="fmnist-mlp", direction="maximize")
+    study.set_user_attr("validation_split", {"seed": 1, "val_size": VAL_SIZE})
+    assert main(tune_args(fake_data_dir, tmp_path / "out", "--storage", url)) == 2
+    assert "--seed 1" in _one_line_error(capsys)
+
+
 def test_stored_trials_from_another_search_space_exit_2(
     fake_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -101,13 +101,17 @@ def test_one_test_pass_per_final_model_across_tune_resume_report_and_no_retrain(
     assert main([*args, "--no-retrain"]) == 0  # another final model: the trial's checkpoint
     assert main([*args, "--no-retrain"]) == 0
     assert len(passes) == 2 and passes[0] != passes[1]
+    assert main(args) == 0  # back to the retrained model: read again, and shown again
+    assert len(passes) == 2
 
     best = json.loads((out / "best.json").read_text())
+    assert best["retrained_on_full_train"] and best["checkpoint"] == str(passes[0].resolve())
     stored = optuna.load_study(study_name="fmnist-mlp", storage=storage).user_attrs[FINAL_MODELS]
-    assert [r["test_acc"] for r in stored.values() if r["model"] == best["checkpoint"]] == [
-        best["test_acc"]
-    ]
+    assert [
+        r["test_acc"] for r in stored["models"].values() if r["model"] == best["checkpoint"]
+    ] == [best["test_acc"]]
     correct = round(best["test_acc"] * N_TEST)
     assert correct / N_TEST == best["test_acc"]  # k of N images: 4 decimals are every digit
     page = (out / REPORT_HTML).read_text()
-    assert f"{best['test_acc']:.4f}" in page and f"{correct} of {N_TEST}" in page
+    assert f"{best['test_acc']:.4f} ({correct} of {N_TEST} test images)" in page
+    assert "retrained on all training images" in page

@@ -22,7 +22,7 @@ from fmnist_tuning.final import score_on_test
 from fmnist_tuning.keys import FINAL_MODELS, REPORT_HTML, RUN_SETTINGS
 from fmnist_tuning.progress import log_trial
 from fmnist_tuning.raw import CLASS_NAMES, load_raw
-from fmnist_tuning.report import ERROR_JS, write_report
+from fmnist_tuning.report import TEMPLATES, write_report
 from fmnist_tuning.search_space import TrialConfig, suggest_config
 from fmnist_tuning.trainer import build_datamodule, build_module, build_trainer
 from tests.conftest import N_TEST, VAL_SIZE
@@ -119,7 +119,7 @@ def test_report_has_confusion_matrix_per_class_accuracy_and_trials_table(study_r
 @pytest.mark.integration
 def test_the_stored_test_result_is_what_best_json_and_the_page_show(study_run: Path) -> None:
     best = json.loads((study_run / "best.json").read_text())
-    (result,) = _study(study_run).user_attrs[FINAL_MODELS].values()
+    (result,) = _study(study_run).user_attrs[FINAL_MODELS]["models"].values()
     assert result["test_acc"] == best["test_acc"] and result["model"] == best["checkpoint"]
     assert sum(map(sum, result["confusion"])) == result["n_images"] == N_TEST
     assert f"Accuracy {best['test_acc']:.4f} (" in _page(study_run)
@@ -169,7 +169,7 @@ def test_contour_uses_two_parameters_that_vary_together(tmp_path: Path) -> None:
 def test_report_of_a_study_without_complete_trials_says_so(tmp_path: Path) -> None:
     study = _fake_study(n_complete=0, n_pruned=2)
     page = write_report(study, tmp_path, "sqlite:///study.db").read_text()
-    assert "No trial has completed yet" in page and "No final model yet" in page
+    assert "No trial has completed yet" in page and "No final model of the best trial yet" in page
     assert "Skipped: needs at least 1 complete trial" in page
     assert 'id="figure-intermediate_values"' in page  # the pruned curves still show
 
@@ -273,13 +273,56 @@ def test_chromium_renders_the_report_without_script_errors(study_run: Path) -> N
     assert dom.count('class="main-svg"') >= len(PLOT_NAMES)  # plotly drew every figure
 
 
+# Clicks a header of the trials table twice (descending), then writes the row order into the DOM.
+CLICK_AND_READ = """<script>
+var header = Array.from(document.querySelectorAll("#trials th")).find(
+  function (th) { return th.textContent === "val acc"; });
+header.click(); header.click();
+document.body.dataset.order = Array.from(document.querySelectorAll("#trials tbody tr")).map(
+  function (row) { return row.cells[header.cellIndex].textContent; }).join(",");
+</script></body>"""
+
+
+@pytest.mark.integration
+@needs_chromium
+def test_clicking_a_trials_column_sorts_the_trials_by_it(study_run: Path, tmp_path: Path) -> None:
+    page = tmp_path / "clicked.html"
+    page.write_text(_page(study_run).replace("</body>", CLICK_AND_READ), encoding="utf-8")
+    dom, _ = _render(page)
+    assert _script_errors(dom) == ""
+    order = re.search(r'data-order="([^"]*)"', dom)
+    assert order, "the click script did not run"
+    values = [float(v) for v in order.group(1).split(",") if v != "-"]
+    assert len(values) == 3 and values == sorted(values, reverse=True)
+
+
 @pytest.mark.integration
 @needs_chromium
 def test_chromium_check_catches_a_script_error(tmp_path: Path) -> None:
     page = tmp_path / "broken.html"
     page.write_text(
-        f"<html><head><script>{ERROR_JS}</script></head><body>"
+        f"<html><head><script>{(TEMPLATES / 'errors.js').read_text()}</script></head><body>"
         '<pre id="script-errors" hidden></pre><script>undefinedFunction();</script></body></html>'
     )
     dom, _ = _render(page)
     assert "undefinedFunction" in _script_errors(dom)
+
+
+@pytest.mark.integration
+def test_the_report_imports_no_lightning() -> None:
+    """It reads the stored study and scores nothing, so it needs no training framework."""
+    probe = "import sys, fmnist_tuning.report; print('lightning' in sys.modules)"
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert proc.stdout.strip() == "False"
+
+
+def test_report_script_on_a_missing_database_exits_2_and_creates_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope.db"
+    assert _script("report").main(["--storage", f"sqlite:///{missing}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(missing) in err[0]
+    assert not missing.exists()
