@@ -25,7 +25,7 @@ from fmnist_tuning.faults import Interrupted, NonFiniteLoss, defer_interrupts, r
 from fmnist_tuning.keys import CLAIM_LOCK, WORKER
 from fmnist_tuning.objective import Objective, prune_checkpoints
 from fmnist_tuning.progress import FINISHED, count_states, finished, log_trial
-from fmnist_tuning.runtime import spare_long_lived_objects
+from fmnist_tuning.runtime import release_memory, spare_long_lived_objects
 from fmnist_tuning.storage import MAX_RETRY, journal_path
 
 try:
@@ -180,6 +180,7 @@ def optimize(
     callbacks = [
         lambda s, t: log_trial(s, t, n_trials=run.n_trials, deadline=deadline),
         lambda s, _: prune_checkpoints(s, run.output_dir),
+        release_memory,
     ]
     claim = _ClaimLock(run.output_dir / CLAIM_LOCK)
     runner = _Runner(objective or Objective(run), claim)

@@ -13,12 +13,14 @@ here: the model's training step takes the optimizer step itself (Lightning's man
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 KEEP_TRITON = "FMNIST_KEEP_TRITON"  # =1: import Triton even without a GPU (as torch would)
@@ -100,6 +102,27 @@ def skip_nvml_checks() -> None:
 def optimizer_options(name: str) -> dict[str, Any]:
     """Keyword arguments that make torch's optimizer ``name`` use its fused kernel if it has one."""
     return {"fused": True} if name in FUSED_OPTIMIZERS else {}
+
+
+def _glibc_malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    return getattr(libc, "malloc_trim", None)  # glibc only (not musl, not macOS)
+
+
+_MALLOC_TRIM = _glibc_malloc_trim()
+
+
+def release_memory(*_: object) -> None:
+    """Hands a finished trial's freed heap back to the OS (an Optuna study callback).
+
+    docs/benchmarks.md, "Speed measures", row "malloc_trim". Runs after ``gc_after_trial`` has
+    collected the trial's objects; glibc keeps freed heap blocks for reuse, and trials of very
+    different widths leave them fragmented, so without it the resident memory of a study grows
+    with every trial.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 @contextlib.contextmanager

@@ -17,6 +17,9 @@ each figure is the median of the paired differences.
    long-lived objects (imports, decoded data, study) frozen and not.
 4. Triton: the resident memory of a process set up as ``fmnist-tune`` sets it up, after importing
    Lightning, with Triton kept out and with ``FMNIST_KEEP_TRITON=1``.
+5. malloc_trim: the resident memory a study of short trials of varied widths adds, from its 5th to
+   its 50th trial (the benchmark's growth figure), with ``release_memory`` after each trial and
+   without.
 """
 
 # ruff: noqa: E402
@@ -146,6 +149,16 @@ def triton_rss(keep: bool) -> Callable[[], float]:
     return probe
 
 
+def trim_growth(run: RunConfig, n_trials: int, trim: bool) -> float:
+    """MB of resident memory a study of short trials adds from its 5th trial to its last."""
+    real = runtime._MALLOC_TRIM
+    runtime._MALLOC_TRIM = real if trim else None  # our own switch: release_memory does nothing
+    try:
+        return benchmark.rss_growth(run, n_trials)
+    finally:
+        runtime._MALLOC_TRIM = real
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", type=Path, required=True)
@@ -184,6 +197,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         results["gc_freeze"] = paired(collection(True), collection(False), repeats)
         results["triton"] = paired(triton_rss(False), triton_rss(True), 1 if args.quick else 4)
+        n_trials = 6 if args.quick else 50
+        growth = {}
+        for trim in (True, False):
+            run = dataclasses.replace(base, output_dir=Path(tmp) / f"trim{trim}", max_epochs=1)
+            growth[trim] = trim_growth(run, n_trials, trim)
+        results["malloc_trim"] = {
+            "on": growth[True],
+            "off": growth[False],
+            "saving": growth[False] - growth[True],
+            "trials": n_trials,
+        }
     print(format_table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
@@ -210,6 +234,9 @@ def format_table(r: dict[str, Any]) -> str:
     lines += [
         row("gc.freeze", "gc_freeze", "s", 1, "the collection after every trial"),
         row("Triton kept out", "triton", "MB", 1, "resident memory once Lightning is imported"),
+        f"| malloc_trim | {r['malloc_trim']['on']:+.1f} MB | {r['malloc_trim']['off']:+.1f} MB | "
+        f"{r['malloc_trim']['saving']:.1f} MB | resident memory added from trial 5 to "
+        f"{r['malloc_trim']['trials']} |",
     ]
     return "\n".join(lines)
 

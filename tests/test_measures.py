@@ -27,12 +27,12 @@ def test_quick_measures_print_every_measure_and_write_their_json(
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in ("fused optimizers", "gc.freeze", "Triton kept out"):
+    for name in ("fused optimizers", "gc.freeze", "Triton kept out", "malloc_trim"):
         assert f"| {name} |" in proc.stdout, name
     if "| no NVML lookup |" not in proc.stdout:  # measured only where no GPU is visible
         import torch
 
         assert torch.cuda.is_available()
     results = json.loads(out.read_text())
-    assert {"fused", "gc_freeze", "triton"} <= results.keys()
+    assert {"fused", "gc_freeze", "triton", "malloc_trim"} <= results.keys()
     assert all(results[k]["on"] >= 0 for k in ("fused", "gc_freeze", "triton"))

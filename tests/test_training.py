@@ -106,6 +106,16 @@ def test_no_trainer_outlives_its_trial(run_config: RunConfig) -> None:
     assert len(seen) == 2 and all(t.state == TrialState.COMPLETE for t in study.trials)
 
 
+def test_the_trial_loop_hands_each_trials_freed_heap_back(
+    run_config: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trims: list[int] = []
+    monkeypatch.setattr(runtime, "_MALLOC_TRIM", trims.append)
+    run = dataclasses.replace(run_config, max_epochs=1, n_trials=3, warm_start=False)
+    optimize(load_or_create(run), run)
+    assert trims == [0, 0, 0]
+
+
 def _count_nvml_lookups(monkeypatch: pytest.MonkeyPatch, steps: int) -> int:
     """How often ``steps`` Adam steps look for NVIDIA's driver library (libnvidia-ml)."""
     lookups = [0]
