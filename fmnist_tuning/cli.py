@@ -212,6 +212,7 @@ def run(config: RunConfig) -> int:
     from fmnist_tuning.loop import optimize
     from fmnist_tuning.progress import summarize
     from fmnist_tuning.report import write_report
+    from fmnist_tuning.runtime import release_memory
 
     workers = None
     if config.workers > 1:
@@ -236,6 +237,7 @@ def run(config: RunConfig) -> int:
                 log.error("%s; rerun the same command to resume", summarize(the_study))
                 return EXIT_NO_RESULT
             result = finalize(the_study, config)
+            release_memory()  # the retrain's memory, before the report's imports and figures
             write_report(the_study, config.output_dir, config.storage_url, config.data_dir)
         except (Interrupted, SystemExit, SIGTERMException) as err:
             # Outside a trial (the final retrain, the test pass) Lightning turns Ctrl-C into
@@ -279,5 +281,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
 
 
+def entry() -> NoReturn:
+    """``fmnist-tune`` and ``scripts/tune.py``: :func:`main`, then an exit without teardown."""
+    code = main()
+    from fmnist_tuning.runtime import exit_without_teardown
+
+    exit_without_teardown(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -171,4 +171,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    from fmnist_tuning.runtime import exit_without_teardown
+
+    exit_without_teardown(code)

@@ -21,7 +21,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 KEEP_TRITON = "FMNIST_KEEP_TRITON"  # =1: import Triton even without a GPU (as torch would)
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
@@ -114,15 +114,33 @@ _MALLOC_TRIM = _glibc_malloc_trim()
 
 
 def release_memory(*_: object) -> None:
-    """Hands a finished trial's freed heap back to the OS (an Optuna study callback).
+    """Collects a finished trial's (or retrain's) objects and hands the freed heap back to the OS.
 
-    docs/benchmarks.md, "Speed measures", row "malloc_trim". Runs after ``gc_after_trial`` has
-    collected the trial's objects; glibc keeps freed heap blocks for reuse, and trials of very
+    docs/benchmarks.md, "Speed measures", row "malloc_trim" (below the 50 MB bar by trial 50, kept
+    for the benchmark's memory-growth target: see there). An Optuna study callback, and called once
+    more before the report. glibc keeps freed heap blocks for reuse, and trials of very
     different widths leave them fragmented, so without it the resident memory of a study grows
-    with every trial.
+    with every trial. (Lightning's objects hold reference cycles, hence the collection first; with
+    the long-lived objects frozen it walks only the trial's own.)
     """
+    gc.collect()
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
+
+
+def exit_without_teardown(code: int) -> NoReturn:
+    """Ends a process whose work is done: flushes the logs and output, skips interpreter teardown.
+
+    docs/benchmarks.md, "Speed measures", row "exit without teardown". At a normal exit the CUDA
+    build of torch runs the static destructors of its libraries, which pages their code in: the
+    peak resident memory of a finished ``fmnist-tune`` was set at that moment, above its working
+    peak. Nothing is lost by skipping it: every output file is written and closed by then (each
+    replaced in one step), and every trial is committed to the storage.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @contextlib.contextmanager

@@ -5,9 +5,7 @@
 Same as the ``fmnist-tune`` console command; ``--help`` lists every flag.
 """
 
-import sys
-
-from fmnist_tuning.cli import main
+from fmnist_tuning.cli import entry
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
