@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import socket
 from pathlib import Path
 from typing import Any
@@ -84,11 +85,24 @@ def retrain_full(config: TrialConfig, run: RunConfig, epochs: int, path: Path, s
     return path
 
 
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of an accuracy of ``correct`` out of ``n`` (95 % for z = 1.96)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    low = 0.0 if correct == 0 else max(0.0, centre - half)  # exact at the ends (no rounding)
+    return low, 1.0 if correct == n else min(1.0, centre + half)
+
+
 def score_on_test(model: Path, run: RunConfig) -> dict[str, Any]:
     """The one pass of a saved model over the official 10,000-image test set.
 
     Returns:
-        ``test_acc``, ``n_images``, ``confusion`` (rows = true class, columns = predicted),
+        ``test_acc``, its 95 % interval ``test_acc_ci95`` (Wilson: how far another draw of as
+        many test images could move it), ``n_images``, ``confusion`` (rows = true class,
+        columns = predicted),
         ``per_class`` accuracy, and ``confused``: the most confident mistakes as
         ``[index, true, predicted, probability]``, most confident first.
     """
@@ -106,6 +120,7 @@ def score_on_test(model: Path, run: RunConfig) -> dict[str, Any]:
     per_class = confusion.diag() / confusion.sum(dim=1).clamp(min=1)
     return {
         "test_acc": int(confusion.trace()) / len(labels),  # exact: k of n images
+        "test_acc_ci95": list(wilson_interval(int(confusion.trace()), len(labels))),
         "n_images": len(labels),
         "confusion": confusion.tolist(),
         "per_class": per_class.tolist(),
@@ -185,6 +200,7 @@ def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
         "config": suggest_config(optuna.trial.FixedTrial(best.params)).flat(),
         "val_acc": best.value,
         "test_acc": final["test_acc"],
+        "test_acc_ci95": final["test_acc_ci95"],
         "epochs": best.user_attrs.get(EPOCHS),
         "best_epoch": best_epoch(best),
         "final_epochs": final["epochs"],  # epochs the final model trained, of a schedule of

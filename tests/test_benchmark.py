@@ -25,7 +25,7 @@ def test_quick_benchmark_prints_its_table_and_writes_the_json_contract(
     fake_data_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "bench.json"
-    args = ["--data-dir", str(fake_data_dir), "--quick", "--repeats", "1"]
+    args = ["--data-dir", str(fake_data_dir), "--quick", "--repeats", "1", "--memory-trials", "1"]
     args += ["--val-size", str(VAL_SIZE), "--accelerator", "cpu", "--json", str(out)]
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "benchmark.py"), *args],

@@ -27,6 +27,12 @@ def _trial(curve: list[float]) -> optuna.trial.FrozenTrial:
     return optuna.trial.create_trial(value=max(curve), intermediate_values=dict(enumerate(curve)))
 
 
+def test_the_95_percent_interval_of_an_accuracy_on_10000_images() -> None:
+    low, high = final.wilson_interval(9127, 10_000)
+    assert (round(low, 4), round(high, 4)) == (0.9070, 0.9181)  # worked out by hand
+    assert final.wilson_interval(100, 100)[1] == 1.0
+
+
 def test_the_best_epoch_is_the_first_epoch_of_the_best_validation_accuracy() -> None:
     assert final.best_epoch(_trial([0.5, 0.8, 0.7, 0.8, 0.6])) == 2
     assert final.best_epoch(_trial([0.9])) == 1
@@ -113,5 +119,7 @@ def test_one_test_pass_per_final_model_across_tune_resume_report_and_no_retrain(
     correct = round(best["test_acc"] * N_TEST)
     assert correct / N_TEST == best["test_acc"]  # k of N images: 4 decimals are every digit
     page = (out / REPORT_HTML).read_text()
-    assert f"{best['test_acc']:.4f} ({correct} of {N_TEST} test images)" in page
+    assert f"{best['test_acc']:.4f} ({correct} of {N_TEST} test images; 95 % interval" in page
+    low, high = best["test_acc_ci95"]
+    assert low < best["test_acc"] <= high or best["test_acc"] == high == 1.0
     assert "retrained on all training images" in page
