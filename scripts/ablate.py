@@ -1,0 +1,120 @@
+"""The fixed recipe, one piece at a time, judged on validation accuracy only.
+
+    python scripts/ablate.py --data-dir ../shared/data/fashion-mnist --seeds 0 1
+
+Every variant trains the documented starting configuration (``search_space.DEFAULT_PARAMS``, a new
+study's first trial) with the real objective, on the study's own seeded train/validation split, for
+``--max-epochs`` epochs without pruning or early stopping, and changes one piece of the fixed recipe
+(``search_space.LABEL_SMOOTHING``, ``SCHEDULER``, ``FLIP``). The test set is never read. Prints, and
+appends to ``--output`` (CSV), one row per (variant, seed): best validation accuracy, its epoch, the
+accuracy at the last epoch and the training time.
+"""
+
+# ruff: noqa: E402
+from __future__ import annotations
+
+from fmnist_tuning import runtime
+
+# As fmnist-tune does, before the first Lightning import (hence E402 below).
+runtime.setup_process()
+
+import argparse
+import contextlib
+import csv
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import optuna
+
+from fmnist_tuning import raw, search_space
+from fmnist_tuning.config import RunConfig, default_data_dir
+from fmnist_tuning.objective import Objective
+from fmnist_tuning.study import DIRECTION
+
+# Variant name → the recipe constants it changes (``base`` changes nothing).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "base": {},
+    "no_flip": {"FLIP": False},
+    "no_smoothing": {"LABEL_SMOOTHING": 0.0},
+    "no_onecycle": {"SCHEDULER": "none"},
+}
+FIELDS = ("variant", "seed", "max_epochs", "best_val_acc", "best_epoch", "last_val_acc", "seconds")
+
+
+def recipe(variant: str) -> contextlib.AbstractContextManager[Any]:
+    """While entered, every trial the search space suggests follows ``variant``'s recipe."""
+    changes = VARIANTS[variant]
+    return mock.patch.multiple(search_space, **changes) if changes else contextlib.nullcontext()
+
+
+def run_variant(
+    variant: str, seed: int, data_dir: Path, max_epochs: int, val_size: int = RunConfig.val_size
+) -> dict[str, Any]:
+    """Trains the starting configuration once with ``variant``'s recipe; returns its row."""
+    with tempfile.TemporaryDirectory() as tmp, recipe(variant):
+        run = RunConfig(
+            output_dir=Path(tmp),
+            data_dir=data_dir,
+            seed=seed,
+            max_epochs=max_epochs,
+            val_size=val_size,
+            early_stopping=max_epochs,  # never stops early: the whole curve is the result
+        )
+        study = optuna.create_study(direction=DIRECTION, pruner=optuna.pruners.NopPruner())
+        study.enqueue_trial(search_space.DEFAULT_PARAMS)
+        start = time.perf_counter()
+        study.optimize(Objective(run), n_trials=1)
+        seconds = time.perf_counter() - start
+    curve = study.trials[0].intermediate_values
+    best_epoch = max(curve, key=lambda epoch: (curve[epoch], -epoch))
+    return {
+        "variant": variant,
+        "seed": seed,
+        "max_epochs": max_epochs,
+        "best_val_acc": round(curve[best_epoch], 4),
+        "best_epoch": best_epoch + 1,
+        "last_val_acc": round(curve[max(curve)], 4),
+        "seconds": round(seconds, 1),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--max-epochs", type=int, default=RunConfig.max_epochs)
+    parser.add_argument("--val-size", type=int, default=RunConfig.val_size)
+    parser.add_argument("--output", type=Path, default=Path("runs/ablate.csv"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data_dir = args.data_dir or default_data_dir()
+    try:
+        raw.load_raw(data_dir)  # decoded once for every variant
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+    except (raw.DataError, OSError) as err:
+        print(f"ablate.py: {err}", file=sys.stderr)
+        return 2
+    new = not args.output.exists()
+    with args.output.open("a", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        for seed in args.seeds:
+            for variant in args.variants:
+                row = run_variant(variant, seed, data_dir, args.max_epochs, args.val_size)
+                writer.writerow(row)
+                out.flush()
+                logging.info(" ".join(f"{k}={v}" for k, v in row.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
