@@ -1,3 +1,24 @@
-"""Tune a fully-connected network on Fashion-MNIST with Optuna and PyTorch Lightning."""
+"""Tune a fully-connected network on Fashion-MNIST with Optuna and PyTorch Lightning.
+
+The Python API (see :mod:`fmnist_tuning.api`): :func:`tune`, :func:`load_result`,
+:class:`TuneResult`; its errors live in :mod:`fmnist_tuning.errors`. The names are loaded on first
+use, so that ``import fmnist_tuning.cli`` stays light until the command line has been checked.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fmnist_tuning.api import TuneResult, load_result, tune
 
 __version__ = "0.1.0"
+__all__ = ["TuneResult", "load_result", "tune"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from fmnist_tuning import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'fmnist_tuning' has no attribute {name!r}")

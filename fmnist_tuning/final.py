@@ -26,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from fmnist_tuning.callbacks import StopAfterEpochs
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.data import FashionMNISTDataModule
+from fmnist_tuning.errors import StudyError
 from fmnist_tuning.files import write_atomic
 from fmnist_tuning.keys import (
     BEST_JSON,
@@ -40,7 +41,7 @@ from fmnist_tuning.model import FashionMNISTClassifier
 from fmnist_tuning.objective import prune_checkpoints
 from fmnist_tuning.raw import N_CLASSES, load_raw
 from fmnist_tuning.search_space import TrialConfig, suggest_config
-from fmnist_tuning.storage import StudyError, redact
+from fmnist_tuning.storage import redact
 from fmnist_tuning.trainer import build_datamodule, build_module, build_trainer
 
 log = logging.getLogger(__name__)

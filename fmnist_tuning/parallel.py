@@ -24,6 +24,7 @@ from typing import Any
 import optuna
 
 from fmnist_tuning.config import RunConfig
+from fmnist_tuning.errors import StudyError
 from fmnist_tuning.faults import (
     Interrupted,
     catch_signals,
@@ -32,7 +33,6 @@ from fmnist_tuning.faults import (
     raise_if_interrupted,
     received_signal,
 )
-from fmnist_tuning.storage import StudyError
 from fmnist_tuning.study import load_or_create
 
 log = logging.getLogger(__name__)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from fmnist_tuning.errors import DataError
+
 CLASS_NAMES = (
     "T-shirt/top",
     "Trouser",
@@ -38,10 +40,6 @@ FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 _IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # unsigned byte data, 3-D images / 1-D labels
-
-
-class DataError(ValueError):
-    """A Fashion-MNIST file is missing or unreadable; the message names the file and the fix."""
 
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: a cache key of the splits

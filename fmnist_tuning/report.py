@@ -20,10 +20,11 @@ from markupsafe import Markup
 from optuna.trial import FrozenTrial, TrialState
 
 from fmnist_tuning import __version__, plots
+from fmnist_tuning.errors import DataError
 from fmnist_tuning.files import write_atomic
 from fmnist_tuning.keys import EPOCHS, FINAL_MODELS, PLOTS_DIR, REPORT_HTML, RUN_SETTINGS
 from fmnist_tuning.progress import count_states, format_duration, wall_time
-from fmnist_tuning.raw import CLASS_NAMES, N_CLASSES, DataError, load_raw
+from fmnist_tuning.raw import CLASS_NAMES, N_CLASSES, load_raw
 from fmnist_tuning.storage import redact
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ FUSED_OPTIMIZERS = frozenset({"adam", "adamw", "sgd"})
 
 
 def setup_process() -> None:
-    """Process-wide settings of a tuning process; call once, first thing, at an entry point."""
+    """Process-wide settings of a tuning process; call first thing at an entry point (again: no-op)."""
     keep_triton_out()
     import lightning.pytorch  # noqa: F401  (it sets NVML_CHECK=1 on import; see below)
 

@@ -11,12 +11,10 @@ import sqlalchemy.exc
 from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.engine import make_url
 
+from fmnist_tuning.errors import StudyError
+
 JOURNAL_PREFIX = "journal:"  # journal:PATH, an Optuna JournalFileBackend log on a shared disk
 MAX_RETRY = 3  # times the trial of a killed worker is queued again
-
-
-class StudyError(ValueError):
-    """The storage or the stored study cannot be used as asked; the message says how to fix it."""
 
 
 def redact(url: str) -> str:

@@ -8,9 +8,10 @@ import optuna
 
 from fmnist_tuning import search_space
 from fmnist_tuning.config import RunConfig
+from fmnist_tuning.errors import StudyError
 from fmnist_tuning.keys import RUN_SETTINGS, WORKER_SLOTS
 from fmnist_tuning.progress import count_states, finished
-from fmnist_tuning.storage import StudyError, open_storage, redact
+from fmnist_tuning.storage import open_storage, redact
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import optuna
 
+from fmnist_tuning.errors import StudyError
 from fmnist_tuning.report import write_report
-from fmnist_tuning.storage import StudyError, load_existing
+from fmnist_tuning.storage import load_existing
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,243 @@
+"""The Python API: :func:`tune` runs the study the CLI runs; :func:`load_result` reopens one.
+
+    >>> from fmnist_tuning import tune
+    >>> result = tune(n_trials=10, max_epochs=5)   # same settings and defaults as fmnist-tune
+    >>> result.best_params, result.val_acc, result.test_acc
+    >>> result.predict(images)                      # class indices of uint8 N x 28 x 28 images
+
+Nothing here calls ``sys.exit``: bad settings, data or storage raise :mod:`fmnist_tuning.errors`,
+and an interrupt (Ctrl-C, or "interrupt the kernel" in Jupyter) ends the running trial as FAIL and
+raises ``KeyboardInterrupt`` with the study saved: call the same ``tune`` again to resume it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from fmnist_tuning import runtime
+from fmnist_tuning.config import RunConfig
+from fmnist_tuning.errors import NoResultError
+from fmnist_tuning.keys import CHECKPOINT, RUN_SETTINGS
+from fmnist_tuning.progress import configure_logging, summarize
+from fmnist_tuning.report import stored_result
+from fmnist_tuning.search_space import TrialConfig, suggest_config
+from fmnist_tuning.settings import make_config
+from fmnist_tuning.storage import load_existing
+
+log = logging.getLogger("fmnist_tuning")
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """A study and its best trial, with the final model's stored test score when it has one.
+
+    Attributes:
+        study: The ``optuna.Study`` (plots, trials dataframe, ``best_params``, ...).
+        config: The run's settings.
+        best_params: The best trial's parameters, as Optuna stores them (``study.best_params``).
+        best_config: The same trial as the :class:`TrialConfig` it trained.
+        val_acc: The best trial's validation accuracy (what the study maximised).
+        test_acc: The final model's accuracy on the official test set, scored once and stored in
+            the study; ``None`` while the study has no final model (running or interrupted).
+        test_acc_ci95: Its 95 % Wilson interval, or ``None``.
+        checkpoint: The final model's weights (the trial's own checkpoint before there is one).
+        output_dir: The run's output folder (``best.json``, ``report.html``, ``plots/``, ...).
+    """
+
+    study: optuna.Study
+    config: RunConfig
+    best_params: dict[str, Any]
+    best_config: TrialConfig
+    val_acc: float
+    test_acc: float | None
+    test_acc_ci95: tuple[float, float] | None
+    checkpoint: Path | None
+    output_dir: Path
+
+    def load_model(self) -> torch.nn.Module:
+        """The trained network (a ``LightningModule``) on the CPU, in eval mode."""
+        from fmnist_tuning.model import FashionMNISTClassifier
+
+        if self.checkpoint is None or not self.checkpoint.is_file():
+            raise NoResultError(
+                f"no model file at {self.checkpoint}; run the study on this machine"
+            )
+        module = FashionMNISTClassifier.load_from_checkpoint(self.checkpoint, map_location="cpu")
+        return module.eval()
+
+    @functools.cached_property
+    def _model(self) -> torch.nn.Module:
+        return self.load_model()
+
+    @functools.cached_property
+    def _pixel_stats(self) -> tuple[float, float]:
+        """The training split's mean and std, with which the model's inputs were normalised."""
+        from fmnist_tuning.data import make_splits
+        from fmnist_tuning.raw import load_raw
+
+        splits = make_splits(load_raw(self.config.data_dir), self.config.val_size, self.config.seed)
+        return splits.mean, splits.std
+
+    def predict(self, images: Any) -> torch.Tensor:
+        """Class indices (0-9, see ``fmnist_tuning.raw.CLASS_NAMES``) for a batch of images.
+
+        Args:
+            images: ``N x 28 x 28`` or ``N x 784``, a tensor or array: uint8 pixels (0-255, as in
+                the dataset files) or floats in [0, 1] (torchvision's ``ToTensor`` scale).
+        """
+        from fmnist_tuning.data import normalise
+
+        x = torch.as_tensor(images)
+        if x.dim() not in (2, 3) or x[0].numel() != 784:
+            raise ValueError(f"expected images shaped N x 28 x 28 or N x 784, got {tuple(x.shape)}")
+        x = x.reshape(len(x), 784)
+        if x.is_floating_point():
+            if x.numel() and (x.min() < 0 or x.max() > 1):
+                raise ValueError("float images must lie in [0, 1]; pass uint8 for 0-255 pixels")
+            x = x * 255
+        mean, std = self._pixel_stats
+        with torch.inference_mode():
+            logits: torch.Tensor = self._model(normalise(x, mean, std))
+        return logits.argmax(dim=1)
+
+    def figures(self) -> dict[str, Any]:
+        """Optuna's plotly figures of the study by name (shown inline when a notebook cell ends
+        with one); the report's list, without the ones this study cannot draw yet."""
+        from fmnist_tuning.plots import make_plots
+
+        return {p.name: p.figure for p in make_plots(self.study) if p.figure is not None}
+
+
+def tune(**settings: Any) -> TuneResult:
+    """Runs (or resumes) the study ``fmnist-tune`` runs with the same settings, then its final model.
+
+    Args:
+        **settings: The fields of :class:`RunConfig` (``n_trials``, ``timeout``, ``max_epochs``,
+            ``sampler``, ``pruner``, ``storage``, ``workers``, ``output_dir``, ``data_dir``, ...),
+            with the CLI's defaults; ``workers="auto"`` means one per core.
+
+    Raises:
+        fmnist_tuning.errors.SettingsError: A setting the CLI would refuse (same message).
+        fmnist_tuning.errors.DataError: The data files are missing, partial or corrupt.
+        fmnist_tuning.errors.StudyError: The storage or the stored study cannot be used as asked.
+        fmnist_tuning.errors.NoResultError: No trial completed, or a worker died before the end.
+        KeyboardInterrupt: SIGINT/SIGTERM; the running trials are FAIL, the rest is saved.
+    """
+    config = make_config(**settings)
+    runtime.setup_process()
+    configure_logging()
+    study = run_study(config)
+    return _result(study, config)
+
+
+def run_study(config: RunConfig) -> optuna.Study:
+    """Validates data and storage, runs the study, makes the final model and the report.
+
+    Raises:
+        The errors of :func:`tune`; :class:`fmnist_tuning.faults.Interrupted` on a signal.
+    """
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from fmnist_tuning import raw, study
+    from fmnist_tuning.faults import Interrupted, catch_signals, received_signal
+    from fmnist_tuning.final import finalize
+    from fmnist_tuning.loop import optimize
+    from fmnist_tuning.report import write_report
+
+    workers = None
+    if config.workers > 1:
+        from fmnist_tuning.parallel import Workers
+
+        workers = Workers()
+    the_study = None
+    with catch_signals(on_signal=workers.forward if workers else None):
+        try:
+            raw.download(config.data_dir)  # no-op when the files are there
+            data = raw.load_raw(config.data_dir)  # decode and validate now, before any output
+            raw.check_val_size(data, config.val_size)
+            the_study = study.load_or_create(config)
+            config.output_dir.mkdir(parents=True, exist_ok=True)
+            first = study.reserve_worker_slots(the_study, config.workers)
+            if workers is None:
+                the_study.sampler = study.make_sampler(config.sampler, config.seed + first)
+                optimize(the_study, config)
+            elif any(workers.run(the_study, config, first)) and not study.reached_total(
+                the_study, config
+            ):
+                raise NoResultError(f"{summarize(the_study)}; rerun the same command to resume")
+            result = finalize(the_study, config)
+            runtime.release_memory()  # the retrain's memory, before the report's imports and figures
+            write_report(the_study, config.output_dir, config.storage_url, config.data_dir)
+        except (Interrupted, SystemExit, SIGTERMException) as err:
+            # Outside a trial (the final retrain, the test pass) Lightning turns Ctrl-C into
+            # sys.exit(1) and SIGTERM into SIGTERMException: raise them as the signal they were.
+            signum = err.signum if isinstance(err, Interrupted) else received_signal()
+            if signum is None:
+                raise
+            interrupted = err if isinstance(err, Interrupted) else Interrupted(signum)
+            so_far = summarize(the_study) if the_study is not None else "no trial ran"
+            log.warning("%s: %s; rerun the same command to resume", interrupted.reason, so_far)
+            raise interrupted from None
+    if result is None:
+        raise NoResultError(
+            "no trial completed: nothing to report; run more trials or relax pruning"
+        )
+    return the_study
+
+
+def load_result(
+    output_dir: str | Path | None = None,
+    *,
+    storage: str | None = None,
+    study_name: str = RunConfig.study_name,
+) -> TuneResult:
+    """Reopens a finished or running study: by its output folder, or by its storage and name.
+
+    Raises:
+        fmnist_tuning.errors.StudyError: No such study.
+        fmnist_tuning.errors.NoResultError: It has no complete trial yet.
+    """
+    folder = Path(output_dir) if output_dir is not None else Path("runs") / study_name
+    base = RunConfig(study_name=study_name, output_dir=folder, storage=storage)
+    study = load_existing(base.storage_url, study_name)
+    recorded = study.user_attrs.get(RUN_SETTINGS, {})
+    changes: dict[str, Any] = {
+        k: recorded[k] for k in ("seed", "val_size", "max_epochs") if k in recorded
+    }
+    if "data_dir" in recorded:
+        changes["data_dir"] = Path(recorded["data_dir"])
+    config = dataclasses.replace(base, **changes)
+    return _result(study, config)
+
+
+def _result(study: optuna.Study, config: RunConfig) -> TuneResult:
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise NoResultError(f"{summarize(study)}: no complete trial yet")
+    best = study.best_trial
+    final = stored_result(study, best.number)
+    if final is not None:
+        checkpoint: Path | None = Path(final["model"])
+    else:
+        checkpoint = Path(best.user_attrs[CHECKPOINT]) if CHECKPOINT in best.user_attrs else None
+    return TuneResult(
+        study=study,
+        config=config,
+        best_params=best.params,
+        best_config=suggest_config(optuna.trial.FixedTrial(best.params)),
+        val_acc=float(best.value),  # type: ignore[arg-type]  # a complete trial has a value
+        test_acc=None if final is None else final["test_acc"],
+        test_acc_ci95=None
+        if final is None
+        else (final["test_acc_ci95"][0], final["test_acc_ci95"][1]),
+        checkpoint=checkpoint,
+        output_dir=config.output_dir,
+    )
