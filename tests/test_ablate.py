@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
@@ -12,18 +11,12 @@ import optuna
 import pytest
 
 from fmnist_tuning.search_space import DEFAULT_PARAMS, TrialConfig, suggest_config
-from tests.conftest import VAL_SIZE
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import VAL_SIZE, load_script
 
 
 @pytest.fixture(scope="module")
 def ablate() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ablate", ROOT / "scripts" / "ablate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("ablate")
 
 
 def _default_trial() -> TrialConfig:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
@@ -12,20 +11,12 @@ import pytest
 
 from fmnist_tuning.search_space import GRID, suggest_config
 from fmnist_tuning.study import make_sampler
-from tests.conftest import VAL_SIZE
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import VAL_SIZE, load_script
 
 
 @pytest.fixture(scope="module")
 def compare() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "compare_samplers", ROOT / "scripts" / "compare_samplers.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("compare_samplers")
 
 
 @pytest.mark.parametrize("sampler", ["random", "tpe", "grid"])

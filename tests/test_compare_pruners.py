@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_script
+
 START = dt.datetime(2026, 12, 1, 12, 0, 0)
 
 
 @pytest.fixture(scope="module")
 def compare() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "compare_pruners", ROOT / "scripts" / "compare_pruners.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("compare_pruners")
 
 
 def _study(rows: list[tuple[TrialState, float | None, float, float]]) -> optuna.Study:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,8 @@ from fmnist_tuning.config import RunConfig
 from fmnist_tuning.keys import FINAL_MODELS, REPORT_HTML
 from fmnist_tuning.loop import optimize
 from fmnist_tuning.study import load_or_create
-from tests.conftest import N_TEST
-from tests.processes import ROOT, tune_args
+from tests.conftest import N_TEST, load_script
+from tests.processes import tune_args
 
 
 def _trial(curve: list[float]) -> optuna.trial.FrozenTrial:
@@ -97,10 +96,7 @@ def test_one_test_pass_per_final_model_across_tune_resume_report_and_no_retrain(
     args = tune_args(fake_data_dir, out, "--n-trials", "2", "--max-epochs", "2")
     assert main(args) == 0  # tune: the retrained final model is scored
     assert main(args) == 0  # resume with nothing left to run: the stored score is read
-    spec = importlib.util.spec_from_file_location("report_script", ROOT / "scripts" / "report.py")
-    assert spec is not None and spec.loader is not None
-    report_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report_script)
+    report_script = load_script("report")
     storage = f"sqlite:///{out / 'study.db'}"
     assert report_script.main(["--storage", storage, "--output-dir", str(out)]) == 0
     assert len(passes) == 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import re
@@ -10,7 +9,6 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import optuna
 import pytest
@@ -25,7 +23,7 @@ from fmnist_tuning.raw import CLASS_NAMES, load_raw
 from fmnist_tuning.report import TEMPLATES, write_report
 from fmnist_tuning.search_space import TrialConfig, suggest_config
 from fmnist_tuning.trainer import build_datamodule, build_module, build_trainer
-from tests.conftest import N_TEST, VAL_SIZE
+from tests.conftest import N_TEST, VAL_SIZE, load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 PLOT_NAMES = [spec.name for spec in plots.SPECS]
@@ -205,20 +203,12 @@ def test_report_script_rebuilds_the_report_from_storage(study_run: Path, tmp_pat
     assert (out / "plots" / "slice.png").is_file()
 
 
-def _script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.integration
 def test_report_script_names_a_missing_study_in_one_line(
     study_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     storage = f"sqlite:///{study_run / 'study.db'}"
-    assert _script("report").main(["--storage", storage, "--study-name", "nope"]) == 2
+    assert load_script("report").main(["--storage", storage, "--study-name", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'nope'" in err[0] and "fmnist-mlp" in err[0]
 
@@ -322,7 +312,7 @@ def test_report_script_on_a_missing_database_exits_2_and_creates_none(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     missing = tmp_path / "nope.db"
-    assert _script("report").main(["--storage", f"sqlite:///{missing}"]) == 2
+    assert load_script("report").main(["--storage", f"sqlite:///{missing}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(missing) in err[0]
     assert not missing.exists()
