@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -19,3 +23,12 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # only left behind when the write or the rename failed
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Writes ``rows`` (dicts with the same keys, in order) as a CSV file with a header, atomically."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue())

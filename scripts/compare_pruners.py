@@ -16,7 +16,6 @@ seeds) and ``studies.csv`` (per study: trials complete/pruned, epochs trained, b
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from fmnist_tuning.files import write_csv
 from fmnist_tuning.keys import EPOCHS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,13 +112,6 @@ def markdown(rows: list[dict[str, Any]], studies: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", type=Path, help="default $FMNIST_DATA_DIR, else ./data")
@@ -150,8 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             curves[pruner].append(best_by_minute(study, minutes))
             studies.append(study_row(pruner, seed, study))
     rows = summarize(curves)
-    _write_csv(args.output_dir / "results.csv", rows)
-    _write_csv(args.output_dir / "studies.csv", studies)
+    write_csv(args.output_dir / "results.csv", rows)
+    write_csv(args.output_dir / "studies.csv", studies)
     table = markdown(rows, studies)
     (args.output_dir / "results.md").write_text(table)
     print(table)

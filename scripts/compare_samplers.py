@@ -28,7 +28,6 @@ from fmnist_tuning import runtime
 runtime.setup_process()
 
 import argparse
-import csv
 import dataclasses
 import logging
 import statistics
@@ -43,6 +42,7 @@ import optuna
 
 from fmnist_tuning import raw
 from fmnist_tuning.config import RunConfig, default_data_dir
+from fmnist_tuning.files import write_csv
 from fmnist_tuning.objective import Objective
 from fmnist_tuning.search_space import GRID
 from fmnist_tuning.study import DIRECTION, make_sampler
@@ -204,13 +204,6 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The flags of this script."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -287,9 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
     plot(curves, out / "best_so_far.png")
     rows = summarize(finals, seconds)
-    _write_csv(out / "results.csv", rows)
+    write_csv(out / "results.csv", rows)
     names = list(dict.fromkeys(k for r in trial_rows for k in r))
-    _write_csv(out / "trials.csv", [{k: r.get(k) for k in names} for r in trial_rows])
+    write_csv(out / "trials.csv", [{k: r.get(k) for k in names} for r in trial_rows])
     table = markdown(rows, args)
     (out / "results.md").write_text(table)
     print(table)
