@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import importlib.metadata
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import optuna
 from markupsafe import Markup
 from optuna.trial import FrozenTrial, TrialState
 
-from fmnist_tuning import __version__, plots
+from fmnist_tuning import plots
 from fmnist_tuning.errors import DataError
 from fmnist_tuning.files import write_atomic
 from fmnist_tuning.keys import EPOCHS, FINAL_MODELS, PLOTS_DIR, REPORT_HTML, RUN_SETTINGS
@@ -45,6 +46,14 @@ def stored_result(study: optuna.Study, trial: int) -> dict[str, Any] | None:
     stored: dict[str, Any] = study.user_attrs.get(FINAL_MODELS, {})
     result: dict[str, Any] | None = stored.get("models", {}).get(stored.get("current"))
     return result if result is not None and result["trial"] == trial else None
+
+
+def _version() -> str:
+    """This package's installed version (the report names the code that made it)."""
+    try:
+        return importlib.metadata.version("fmnist-tuning")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
 
 
 def _png_uri(png: bytes) -> str:
@@ -213,7 +222,7 @@ def page_context(
         "study_name": study.study_name,
         "headline": headline,
         "generated": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "version": __version__,
+        "version": _version(),
         "optuna_version": optuna.__version__,
         "summary": _summary(study, storage_url),
         "best": _best(best, result),
