@@ -219,7 +219,7 @@ def test_log_line_shows_progress_best_pruned_and_time_left(
     study = _fake_study(n_complete=2, n_pruned=1)
     with caplog.at_level(logging.INFO, logger="fmnist_tuning"):
         log_trial(study, study.trials[-1], n_trials=6)
-    (line,) = caplog.messages
+    (line,) = [r.getMessage() for r in caplog.records if r.name.startswith("fmnist_tuning")]
     assert line.startswith("[3/6] trial 2 PRUNED")
     assert f"best={study.best_value:.4f} (trial {study.best_trial.number})" in line
     assert "pruned 1" in line and line.endswith(" left") and "\n" not in line
