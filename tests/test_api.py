@@ -184,3 +184,17 @@ def test_an_interrupt_leaves_no_running_trial_and_returns_control(
     result = fmnist_tuning.tune(**settings)  # the same call resumes the study
     assert result.test_acc is not None
     assert sum(t.state == TrialState.COMPLETE for t in result.study.trials) >= 2
+
+
+@pytest.mark.integration
+def test_resuming_a_stored_study_on_another_split_raises_the_clis_message(
+    finished: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = _settings(finished.config.data_dir, finished.output_dir, n_trials=2, seed=1)
+    flags = ["--data-dir", str(settings["data_dir"]), "--output-dir", str(finished.output_dir)]
+    flags += ["--max-epochs", "2", "--val-size", str(VAL_SIZE), "--accelerator", "cpu"]
+    message = _cli_message([*flags, "--n-trials", "2", "--seed", "1"], capsys)
+    with pytest.raises(errors.StudyError) as raised:
+        fmnist_tuning.tune(**settings)
+    assert str(raised.value) == message and "seed" in message
+    assert len(finished.study.trials) == 2  # nothing ran
