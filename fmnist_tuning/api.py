@@ -43,6 +43,7 @@ class TuneResult:
     Attributes:
         study: The ``optuna.Study`` (plots, trials dataframe, ``best_params``, ...).
         config: The run's settings.
+        trial: The best trial's number (the one the final model was made from).
         best_params: The best trial's parameters, as Optuna stores them (``study.best_params``).
         best_config: The same trial as the :class:`TrialConfig` it trained.
         val_acc: The best trial's validation accuracy (what the study maximised).
@@ -55,6 +56,7 @@ class TuneResult:
 
     study: optuna.Study
     config: RunConfig
+    trial: int
     best_params: dict[str, Any]
     best_config: TrialConfig
     val_acc: float
@@ -96,12 +98,12 @@ class TuneResult:
         """
         from fmnist_tuning.data import normalise
 
-        x = torch.as_tensor(images)
-        if x.dim() not in (2, 3) or x[0].numel() != 784:
+        x = torch.as_tensor(images).cpu()
+        if x.dim() not in (2, 3) or x.shape[1:].numel() != 784:
             raise ValueError(f"expected images shaped N x 28 x 28 or N x 784, got {tuple(x.shape)}")
         x = x.reshape(len(x), 784)
         if x.is_floating_point():
-            if x.numel() and (x.min() < 0 or x.max() > 1):
+            if x.numel() and (x.isnan().any() or x.min() < 0 or x.max() > 1):
                 raise ValueError("float images must lie in [0, 1]; pass uint8 for 0-255 pixels")
             x = x * 255
         mean, std = self._pixel_stats
@@ -135,12 +137,16 @@ def tune(**settings: Any) -> TuneResult:
     config = make_config(**settings)
     runtime.setup_process()
     configure_logging()
-    study = run_study(config)
-    return _result(study, config)
+    study, final = run_study(config)
+    return _result(study, config, trial=final["trial"])
 
 
-def run_study(config: RunConfig) -> optuna.Study:
+def run_study(config: RunConfig) -> tuple[optuna.Study, dict[str, Any]]:
     """Validates data and storage, runs the study, makes the final model and the report.
+
+    Returns:
+        The study and the ``best.json`` content of its final model (whose ``trial`` is the best
+        trial when it was made: another machine may finish a better one right after).
 
     Raises:
         The errors of :func:`tune`; :class:`fmnist_tuning.faults.Interrupted` on a signal.
@@ -191,7 +197,7 @@ def run_study(config: RunConfig) -> optuna.Study:
         raise NoResultError(
             "no trial completed: nothing to report; run more trials or relax pruning"
         )
-    return the_study
+    return the_study, result
 
 
 def load_result(
@@ -210,19 +216,19 @@ def load_result(
     base = RunConfig(study_name=study_name, output_dir=folder, storage=storage)
     study = load_existing(base.storage_url, study_name)
     recorded = study.user_attrs.get(RUN_SETTINGS, {})
-    changes: dict[str, Any] = {
-        k: recorded[k] for k in ("seed", "val_size", "max_epochs") if k in recorded
-    }
+    restored = ("seed", "val_size", "max_epochs", "early_stopping", "sampler", "pruner")
+    changes: dict[str, Any] = {k: recorded[k] for k in restored if k in recorded}
     if "data_dir" in recorded:
         changes["data_dir"] = Path(recorded["data_dir"])
     config = dataclasses.replace(base, **changes)
     return _result(study, config)
 
 
-def _result(study: optuna.Study, config: RunConfig) -> TuneResult:
+def _result(study: optuna.Study, config: RunConfig, trial: int | None = None) -> TuneResult:
+    """The result for ``trial`` (by default the study's best trial now)."""
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise NoResultError(f"{summarize(study)}: no complete trial yet")
-    best = study.best_trial
+    best = study.best_trial if trial is None else study.get_trials(deepcopy=False)[trial]
     final = stored_result(study, best.number)
     if final is not None:
         checkpoint: Path | None = Path(final["model"])
@@ -231,6 +237,7 @@ def _result(study: optuna.Study, config: RunConfig) -> TuneResult:
     return TuneResult(
         study=study,
         config=config,
+        trial=best.number,
         best_params=best.params,
         best_config=suggest_config(optuna.trial.FixedTrial(best.params)),
         val_acc=float(best.value),  # type: ignore[arg-type]  # a complete trial has a value

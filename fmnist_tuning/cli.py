@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
     log.info(
         "best trial %d: val_acc=%.4f test_acc=%.4f → %s",
-        result.study.best_trial.number,
+        result.trial,
         result.val_acc,
         result.test_acc,
         config.output_dir / BEST_JSON,

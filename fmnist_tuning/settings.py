@@ -84,7 +84,9 @@ def check(config: RunConfig) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SettingsError(f"{_name(field)}: expected a positive integer, got {value!r}")
     timeout = config.timeout
-    if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+    ):
         raise SettingsError(f"{_name('timeout')}: expected a positive number, got {timeout!r}")
     if isinstance(config.seed, bool) or not isinstance(config.seed, int):
         raise SettingsError(f"{_name('seed')}: expected an integer, got {config.seed!r}")
@@ -97,6 +99,11 @@ def check(config: RunConfig) -> None:
         if value not in choices:
             raise SettingsError(
                 f"{_name(field)}: unknown choice {value!r}; choose one of {', '.join(choices)}"
+            )
+    for switch in ("progress", "warm_start", "retrain"):
+        if not isinstance(getattr(config, switch), bool):
+            raise SettingsError(
+                f"{switch}: expected True or False, got {getattr(config, switch)!r}"
             )
     if config.grace_period is not None and config.grace_period <= config.heartbeat_interval:
         raise SettingsError(

@@ -43,6 +43,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory, fake_data_dir: Path) -> A
 def test_tune_returns_the_study_its_best_trial_and_the_stored_test_score(finished: Any) -> None:
     study = finished.study
     assert finished.best_params == study.best_params
+    assert finished.trial == study.best_trial.number
     assert finished.val_acc == study.best_value
     assert finished.best_config.batch_size == study.best_params["batch_size"]
     best_json = json.loads((finished.output_dir / "best.json").read_text())
@@ -66,6 +67,9 @@ def test_predict_agrees_with_the_stored_test_accuracy(finished: Any) -> None:
     assert not finished.load_model().training
     with pytest.raises(ValueError, match="N x 28 x 28"):
         finished.predict(torch.zeros(3, 27, 27, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        finished.predict(torch.full((2, 784), float("nan")))
+    assert finished.predict(torch.zeros(0, 28, 28, dtype=torch.uint8)).shape == (0,)
 
 
 @pytest.mark.integration
@@ -143,6 +147,18 @@ def test_missing_data_and_an_output_dir_that_is_a_file_raise_the_clis_message(
         with pytest.raises(error, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
             fmnist_tuning.tune(data_dir=data_dir, output_dir=out)
     assert taken.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [({"timeout": "60"}, "timeout"), ({"progress": "trial"}, "progress"),
+     ({"retrain": 0}, "retrain"), ({"max_epochs": 2.5}, "max_epochs")],
+)  # fmt: skip
+def test_a_value_of_the_wrong_type_is_a_settings_error(
+    settings: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(errors.SettingsError, match=f"^{named}"):
+        fmnist_tuning.tune(**settings)
 
 
 def test_an_unknown_setting_is_named() -> None:
