@@ -187,6 +187,7 @@ def test_an_interrupt_leaves_no_running_trial_and_returns_control(
 
     monkeypatch.setattr(objective, "build_trainer", with_interrupt)
     settings = _settings(fake_data_dir, tmp_path / "out", n_trials=3, warm_start=False)
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN under nohup or a backgrounded CI job
     with pytest.raises(KeyboardInterrupt):
         fmnist_tuning.tune(**settings)
     study = optuna.load_study(
@@ -194,7 +195,7 @@ def test_an_interrupt_leaves_no_running_trial_and_returns_control(
     )
     states = [t.state for t in study.trials]
     assert states == [TrialState.COMPLETE, TrialState.FAIL]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler given back
+    assert signal.getsignal(signal.SIGINT) == before  # the caller's handler given back
 
     monkeypatch.setattr(objective, "build_trainer", build_trainer)
     result = fmnist_tuning.tune(**settings)  # the same call resumes the study
