@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,7 @@ def open_storage(
     Raises:
         StudyError: The storage cannot be opened.
     """
+    _refuse_foreign_sqlite(url)
     journal = journal_path(url)
     try:
         if journal is not None:
@@ -86,6 +89,25 @@ def open_storage(
             "URL such as postgresql+psycopg://user@host/db, or journal:PATH), that the server "
             "is running and reachable, and that its driver is installed"
         ) from None
+
+
+def _refuse_foreign_sqlite(url: str) -> None:
+    """Refuses an SQLite file that holds another tool's tables: Optuna would add its own to it."""
+    path = Path(url.removeprefix("sqlite:///"))
+    if path == Path(url) or not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            tables = {
+                row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+    except sqlite3.DatabaseError:
+        return  # not an SQLite database at all: opening it reports that, in one line
+    if tables and not tables & {"studies", "version_info"}:
+        raise StudyError(
+            f"{path} is not an Optuna database (it holds the tables {', '.join(sorted(tables))}); "
+            "name another --output-dir or --storage"
+        )
 
 
 def load_existing(url: str, study_name: str) -> optuna.Study:

@@ -3,9 +3,11 @@ bad storage URLs. Real processes and real signals."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +273,26 @@ def test_bad_storage_url_exits_2_with_one_line(
     line = _one_line_error(capsys)
     assert "cannot open storage" in line and "s3cret" not in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["not-a-database", "another-tools-database"])
+def test_a_study_db_that_is_not_optunas_exits_2_with_one_line_and_is_left_as_it_was(
+    kind: str, fake_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    db = out / "study.db"
+    if kind == "not-a-database":
+        db.write_bytes(b"\x00\x01 not sqlite " * 300)
+    else:
+        with contextlib.closing(sqlite3.connect(db)) as other:
+            other.execute("CREATE TABLE invoices (id INTEGER)")
+            other.commit()
+    before = db.read_bytes()
+    assert main(tune_args(fake_data_dir, out, "--n-trials", "1")) == 2
+    line = _one_line_error(capsys)
+    assert str(db) in line and ("invoices" in line or "not a database" in line)
+    assert db.read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["study.db"]
 
 
 @pytest.mark.integration
