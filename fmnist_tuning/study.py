@@ -11,10 +11,11 @@ from fmnist_tuning.config import RunConfig
 from fmnist_tuning.errors import StudyError
 from fmnist_tuning.keys import RUN_SETTINGS, WORKER_SLOTS
 from fmnist_tuning.progress import count_states, finished
+from fmnist_tuning.settings import CHOICES
 from fmnist_tuning.storage import open_storage, redact
 
-SAMPLERS = ("tpe", "random", "grid")
-PRUNERS = ("median", "hyperband", "none")
+SAMPLERS = CHOICES["sampler"]  # one list of the choices, also what the settings check accepts
+PRUNERS = CHOICES["pruner"]
 WARMUP_EPOCHS = 2  # no trial is pruned in its first epochs: slow starters need them
 DIRECTION = optuna.study.StudyDirection.MAXIMIZE
 # The settings a study's values depend on: resuming with others would mix values that do not
