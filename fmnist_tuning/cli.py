@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="without heartbeat for this long a trial is FAIL and retried (default 3 heartbeats)",
     )
+    p.add_argument(
+        "--storage-timeout",
+        type=_integer,
+        default=d.storage_timeout,
+        metavar="SECONDS",
+        help="a database server unreachable this long ends the run, exit 2 (default %(default)s)",
+    )
     p.add_argument("--data-dir", type=Path, help="default $FMNIST_DATA_DIR, else ./data")
     p.add_argument("--n-trials", type=_integer, default=d.n_trials, help="study total")
     p.add_argument("--timeout", type=_number, help="seconds; no new trial after it")

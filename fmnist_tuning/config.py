@@ -37,6 +37,7 @@ class RunConfig:
     workers: int = 1  # worker processes on this machine sharing the study (1: run in this process)
     heartbeat_interval: int = 10  # seconds between a running trial's heartbeats (SQL storages)
     grace_period: int | None = None  # seconds without one before a trial is FAIL; None: 3 beats
+    storage_timeout: int = 120  # seconds a database server may stay unreachable; then exit 2
 
     @property
     def storage_url(self) -> str:

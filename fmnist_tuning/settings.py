@@ -28,6 +28,7 @@ POSITIVE_INTS = (
     "workers",
     "heartbeat_interval",
     "grace_period",
+    "storage_timeout",
 )
 # What workers="auto" (--workers auto) means: one worker process per core, one torch thread each.
 # Measured on the 2-core reference CPU (16-point grid, 2-epoch trials): 2 workers 15.9 trials/min,

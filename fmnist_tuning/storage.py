@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -13,9 +14,12 @@ import sqlalchemy.exc
 from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.engine import make_url
 
+from fmnist_tuning.config import RunConfig
 from fmnist_tuning.errors import StudyError
+from fmnist_tuning.reconnect import Outage, ReconnectingStorage
 
 JOURNAL_PREFIX = "journal:"  # journal:PATH, an Optuna JournalFileBackend log on a shared disk
+DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
 MAX_RETRY = 3  # times the trial of a killed worker is queued again
 
 
@@ -36,7 +40,10 @@ def journal_path(url: str) -> Path | None:
 
 
 def open_storage(
-    url: str, heartbeat_interval: int | None = None, grace_period: int | None = None
+    url: str,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    give_up_after: float = RunConfig.storage_timeout,
 ) -> optuna.storages.BaseStorage:
     """Opens an Optuna storage, turning every failure into one clear error.
 
@@ -47,9 +54,12 @@ def open_storage(
             None disables heartbeats.
         grace_period: Seconds without a heartbeat after which a running trial is FAIL and queued
             again; None means three heartbeats.
+        give_up_after: For a database server: seconds it may stay unreachable while its
+            connections are replaced and the calls tried again (:mod:`fmnist_tuning.reconnect`).
 
     Raises:
-        StudyError: The storage cannot be opened.
+        StudyError: The storage cannot be opened (nothing listens at the server's address, the
+            server stayed unreachable ``give_up_after`` seconds, the URL or database is wrong).
     """
     _refuse_foreign_sqlite(url)
     journal = journal_path(url)
@@ -61,8 +71,13 @@ def open_storage(
                 raise IsADirectoryError(f"{journal} is a folder; name a file, e.g. study.log")
             return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
         kwargs: dict[str, Any] = {}
-        if url.startswith("sqlite"):
+        server = not url.startswith("sqlite")
+        if not server:
             kwargs["connect_args"] = {"timeout": 60}  # wait for other writers, do not fail
+        else:
+            kwargs["pool_pre_ping"] = True  # replace pooled connections the server closed
+            if url.startswith("postgresql"):
+                kwargs["connect_args"] = {"connect_timeout": 10}  # a silent host: fail, retry
         heartbeat: dict[str, Any] = {}
         if heartbeat_interval is not None:
             heartbeat = {
@@ -72,16 +87,13 @@ def open_storage(
                     optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
                 ),
             }
-        for attempt in range(3):
-            try:
-                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **heartbeat)
-            except sqlalchemy.exc.DatabaseError as err:
-                # Another process (a worker, another machine) created the tables just now.
-                duplicate = isinstance(err, sqlalchemy.exc.IntegrityError)
-                if attempt == 2 or not (duplicate or "already exists" in str(err)):
-                    raise
-                time.sleep(1.0)
-        raise AssertionError("unreachable")
+        if not server:
+            return _create(url, kwargs, heartbeat)
+        _probe(url)
+        outage = Outage(redact(url), give_up_after)
+        return ReconnectingStorage(outage.call(_create, url, kwargs, heartbeat), outage)
+    except StudyError:
+        raise
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise StudyError(
@@ -89,6 +101,34 @@ def open_storage(
             "URL such as postgresql+psycopg://user@host/db, or journal:PATH), that the server "
             "is running and reachable, and that its driver is installed"
         ) from None
+
+
+def _create(
+    url: str, engine_kwargs: dict[str, Any], heartbeat: dict[str, Any]
+) -> optuna.storages.RDBStorage:
+    """``RDBStorage(url)``; another process creating the tables at the same time is no error."""
+    for attempt in range(3):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        except sqlalchemy.exc.DatabaseError as err:
+            # Another process (a worker, another machine) created the tables just now.
+            duplicate = isinstance(err, sqlalchemy.exc.IntegrityError)
+            if attempt == 2 or not (duplicate or "already exists" in str(err)):
+                raise
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
+
+
+def _probe(url: str) -> None:
+    """Fails at once when nothing listens at the server's address: most likely a wrong URL.
+
+    (A server that answers and then drops the connection is waited for, as during a run.)
+    """
+    parsed = make_url(url)
+    port = parsed.port or DEFAULT_PORTS.get(parsed.get_backend_name())
+    if parsed.host and port:
+        with socket.create_connection((parsed.host, port), timeout=10):
+            pass
 
 
 def _refuse_foreign_sqlite(url: str) -> None:

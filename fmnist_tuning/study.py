@@ -140,7 +140,9 @@ def load_or_create(run: RunConfig, slot: int = 0) -> optuna.Study:
     """
     if run.storage is None:
         run.output_dir.mkdir(parents=True, exist_ok=True)  # the default SQLite file lives there
-    storage = open_storage(run.storage_url, run.heartbeat_interval, run.grace_period)
+    storage = open_storage(
+        run.storage_url, run.heartbeat_interval, run.grace_period, run.storage_timeout
+    )
     study = optuna.create_study(
         storage=storage,
         study_name=run.study_name,

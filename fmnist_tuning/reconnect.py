@@ -1,0 +1,255 @@
+"""An Optuna database storage that outlives dropped connections, up to a bound on the outage.
+
+Optuna's ``RDBStorage`` pings pooled connections only on MySQL: on PostgreSQL a connection that a
+server restart, a failover or a firewall closed fails the next storage call of the trial, of its
+heartbeat thread or of the worker. :class:`ReconnectingStorage` wraps an ``RDBStorage`` opened with
+``pool_pre_ping``: a call that fails because its connection dropped is tried again (each call is
+one transaction, rolled back when its connection died), with backoff, until the database has been
+unreachable for ``give_up_after`` seconds; then :class:`StorageUnavailable` ends the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Container, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import optuna
+import sqlalchemy.exc
+from optuna.distributions import BaseDistribution
+from optuna.storages import BaseStorage
+from optuna.storages._heartbeat import BaseHeartbeat  # the heartbeat interface; not re-exported
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from fmnist_tuning.errors import StudyError
+from fmnist_tuning.faults import raise_if_interrupted
+
+if TYPE_CHECKING:
+    from optuna.study._frozen import FrozenStudy  # not re-exported; only for the signature
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+FIRST_DELAY, MAX_DELAY = 0.5, 8.0  # seconds between tries: doubling from the first to the cap
+
+
+class StorageUnavailable(StudyError):
+    """The database stayed unreachable longer than the bound; finished trials are stored."""
+
+
+def dropped_connection(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it: Optuna wraps SQLAlchemy errors) is a lost connection."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return True
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+class Outage:
+    """Tries calls again while the database is unreachable, until it has been for too long.
+
+    Shared by every thread of a process that uses one storage: the outage clock starts at the
+    first failure of any call and stops at the next success.
+
+    Args:
+        name: The storage as messages show it (its URL, password masked).
+        give_up_after: Seconds of continuous outage after which calls raise
+            :class:`StorageUnavailable`.
+    """
+
+    def __init__(self, name: str, give_up_after: float) -> None:
+        self.name = name
+        self.give_up_after = give_up_after
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+
+    def call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``method(*args, **kwargs)``, tried again with backoff while its connection drops.
+
+        Raises:
+            StorageUnavailable: The database stayed away for ``give_up_after`` seconds.
+        """
+        delay = FIRST_DELAY
+        while True:
+            try:
+                result = method(*args, **kwargs)
+            except Exception as err:
+                if not dropped_connection(err):
+                    raise
+                down = self.failed(err)
+                if down >= self.give_up_after:
+                    raise StorageUnavailable(
+                        f"storage {self.name} unreachable for {down:.0f} s (--storage-timeout "
+                        f"{self.give_up_after:g}); the finished trials are stored: rerun the same "
+                        "command once the database is back"
+                    ) from None
+                if threading.current_thread() is threading.main_thread():
+                    raise_if_interrupted()  # nothing can be recorded now: stop as asked
+                time.sleep(min(delay, self.give_up_after - down))
+                delay = min(2 * delay, MAX_DELAY)
+                continue
+            self.succeeded()
+            return result
+
+    def failed(self, err: Exception) -> float:
+        """Seconds the database has been unreachable (this failure starts the clock if first)."""
+        now = time.monotonic()
+        with self._lock:
+            if self._down_since is None:
+                self._down_since = now
+                cause = str(err.__cause__ or err).strip().splitlines()
+                log.warning(
+                    "storage %s: connection lost (%s); retrying for up to %g s",
+                    self.name,
+                    cause[0][:160] if cause else type(err).__name__,
+                    self.give_up_after,
+                )
+            return now - self._down_since
+
+    def succeeded(self) -> None:
+        """Ends the outage, if there was one."""
+        if self._down_since is None:
+            return
+        with self._lock:
+            if self._down_since is not None:
+                seconds = time.monotonic() - self._down_since
+                log.warning("storage %s: reconnected after %.1f s", self.name, seconds)
+                self._down_since = None
+
+
+class ReconnectingStorage(BaseStorage, BaseHeartbeat):
+    """Delegates to ``inner``; each call is tried again while its database is unreachable.
+
+    Args:
+        inner: The storage every call goes to.
+        outage: Retries the calls and bounds the outage.
+    """
+
+    def __init__(self, inner: optuna.storages.RDBStorage, outage: Outage) -> None:
+        self.inner = inner
+        self._call = outage.call
+        self._outage = outage
+
+    # BaseStorage: every call goes to the database.
+    def create_new_study(
+        self, directions: Sequence[StudyDirection], study_name: str | None = None
+    ) -> int:
+        return self._call(self.inner.create_new_study, directions, study_name)
+
+    def delete_study(self, study_id: int) -> None:
+        self._call(self.inner.delete_study, study_id)
+
+    def set_study_user_attr(self, study_id: int, key: str, value: Any) -> None:
+        self._call(self.inner.set_study_user_attr, study_id, key, value)
+
+    def set_study_system_attr(self, study_id: int, key: str, value: Any) -> None:
+        self._call(self.inner.set_study_system_attr, study_id, key, value)
+
+    def get_study_id_from_name(self, study_name: str) -> int:
+        return self._call(self.inner.get_study_id_from_name, study_name)
+
+    def get_study_name_from_id(self, study_id: int) -> str:
+        return self._call(self.inner.get_study_name_from_id, study_id)
+
+    def get_study_directions(self, study_id: int) -> list[StudyDirection]:
+        return self._call(self.inner.get_study_directions, study_id)
+
+    def get_study_user_attrs(self, study_id: int) -> dict[str, Any]:
+        return self._call(self.inner.get_study_user_attrs, study_id)
+
+    def get_study_system_attrs(self, study_id: int) -> dict[str, Any]:
+        return self._call(self.inner.get_study_system_attrs, study_id)
+
+    def get_all_studies(self) -> list[FrozenStudy]:
+        return self._call(self.inner.get_all_studies)
+
+    def create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        return self._call(self.inner.create_new_trial, study_id, template_trial)
+
+    def set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: BaseDistribution,
+    ) -> None:
+        self._call(
+            self.inner.set_trial_param, trial_id, param_name, param_value_internal, distribution
+        )
+
+    def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
+        return self._call(
+            self.inner.get_trial_id_from_study_id_trial_number, study_id, trial_number
+        )
+
+    def get_trial_param(self, trial_id: int, param_name: str) -> float:
+        return self._call(self.inner.get_trial_param, trial_id, param_name)
+
+    def set_trial_state_values(
+        self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
+    ) -> bool:
+        return self._call(self.inner.set_trial_state_values, trial_id, state, values)
+
+    def set_trial_intermediate_value(
+        self, trial_id: int, step: int, intermediate_value: float
+    ) -> None:
+        self._call(self.inner.set_trial_intermediate_value, trial_id, step, intermediate_value)
+
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._call(self.inner.set_trial_user_attr, trial_id, key, value)
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._call(self.inner.set_trial_system_attr, trial_id, key, value)
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        return self._call(self.inner.get_trial, trial_id)
+
+    def get_all_trials(
+        self,
+        study_id: int,
+        deepcopy: bool = True,
+        states: Container[TrialState] | None = None,
+    ) -> list[FrozenTrial]:
+        return self._call(self.inner.get_all_trials, study_id, deepcopy, states)
+
+    def get_best_trial(self, study_id: int) -> FrozenTrial:
+        return self._call(self.inner.get_best_trial, study_id)
+
+    def get_trial_user_attrs(self, trial_id: int) -> dict[str, Any]:
+        return self._call(self.inner.get_trial_user_attrs, trial_id)
+
+    def get_trial_system_attrs(self, trial_id: int) -> dict[str, Any]:
+        return self._call(self.inner.get_trial_system_attrs, trial_id)
+
+    def remove_session(self) -> None:
+        self.inner.remove_session()
+
+    # BaseHeartbeat
+    def record_heartbeat(self, trial_id: int) -> None:
+        """One try: a missed beat is harmless, and Optuna's heartbeat thread dies on an error."""
+        try:
+            self.inner.record_heartbeat(trial_id)
+        except Exception as err:
+            if not dropped_connection(err):
+                raise
+            self._outage.failed(err)  # the main thread's next call retries, and gives up in time
+        else:
+            self._outage.succeeded()
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        return self._call(self.inner._get_stale_trial_ids, study_id)
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self.inner.get_heartbeat_interval()
+
+    def get_heartbeat_stale_trial_callback(
+        self,
+    ) -> Callable[[optuna.Study, FrozenTrial], None] | None:
+        return self.inner.get_heartbeat_stale_trial_callback()
