@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from fmnist_tuning.faults import NonFiniteLoss, raise_if_interrupted
+from fmnist_tuning.faults import NonFiniteLoss, raise_if_interrupted, reinstall_handlers
 from fmnist_tuning.keys import HP_METRIC, VAL_ACC
 
 
@@ -97,3 +97,16 @@ class StopAfterEpochs(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch + 1 >= self.epochs:
             trainer.should_stop = True
+
+
+class KeepSignalHandlers(Callback):
+    """Undoes Lightning's "ignore SIGINT" after its first ``KeyboardInterrupt`` (every Trainer).
+
+    Lightning calls ``on_exception`` right after it set SIGINT to be ignored; a second Ctrl-C
+    then reaches :mod:`fmnist_tuning.faults` again, and stops the run at once.
+    """
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        reinstall_handlers()

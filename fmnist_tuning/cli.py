@@ -173,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> NoReturn:
     """``fmnist-tune`` and ``scripts/tune.py``: :func:`main`, then an exit without teardown."""
+    from fmnist_tuning.faults import exit_at_second_signal
+
+    exit_at_second_signal()
     code = main()
     from fmnist_tuning.runtime import exit_without_teardown
 

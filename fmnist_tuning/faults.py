@@ -10,7 +10,9 @@ batch, a ``KeyboardInterrupt`` that Optuna records as a FAIL before it re-raises
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,6 +55,8 @@ class _State:
     signum: int | None = None  # the first signal received inside catch_signals()
     count = 0  # signals received inside catch_signals()
     deferring = False  # inside defer_interrupts(): record, and let safe points raise
+    handler: Callable[[int, FrameType | None], None] | None = None  # catch_signals()'s, if active
+    exit_at_second = False  # a command-line process: the second signal ends it at once
 
 
 def received_signal() -> int | None:
@@ -87,11 +91,16 @@ def catch_signals(on_signal: Callable[[int], None] | None = None) -> Iterator[No
             _State.signum = signum
         if on_signal is not None:
             on_signal(signum)
+        if _State.count > 1 and _State.exit_at_second:
+            sys.stderr.write(f"\n{signal.Signals(signum).name} again: stopping at once\n")
+            sys.stderr.flush()
+            os._exit(128 + signum)  # no clean-up: it is what may hang (e.g. a silent database)
         if not _State.deferring or _State.count > 1:
             raise Interrupted(signum)
 
     previous = {s: signal.getsignal(s) for s in SIGNALS}
     _State.signum, _State.count, _State.deferring = None, 0, False
+    _State.handler = handler
     for s in SIGNALS:
         signal.signal(s, handler)
     try:
@@ -99,7 +108,31 @@ def catch_signals(on_signal: Callable[[int], None] | None = None) -> Iterator[No
     finally:
         for s, old in previous.items():
             signal.signal(s, old)
-        _State.signum, _State.count, _State.deferring = None, 0, False
+        _State.signum, _State.count, _State.deferring, _State.handler = None, 0, False, None
+
+
+def reinstall_handlers() -> None:
+    """Puts :func:`catch_signals`'s handler back where something replaced it.
+
+    Lightning ignores SIGINT from its first ``KeyboardInterrupt`` on, for the rest of the process
+    (it calls ``signal.signal(SIGINT, SIG_IGN)``), which would swallow a second Ctrl-C.
+    """
+    if _State.handler is None or threading.current_thread() is not threading.main_thread():
+        return
+    for s in SIGNALS:
+        if signal.getsignal(s) is signal.SIG_IGN:
+            signal.signal(s, _State.handler)
+
+
+def exit_at_second_signal() -> None:
+    """Process-wide, for command-line entry points: a second SIGINT/SIGTERM ends the process.
+
+    The first one still ends the running trial as FAIL and stops the study; a second one, when
+    that takes too long (a database that does not answer), exits at once with 128 + the signal,
+    leaving the running trial RUNNING until its heartbeat lapses. (In a notebook the second one
+    raises :class:`Interrupted` instead, so that the kernel survives.)
+    """
+    _State.exit_at_second = True
 
 
 @contextmanager

@@ -171,6 +171,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    from fmnist_tuning.faults import exit_at_second_signal
+
+    exit_at_second_signal()
     code = main()
     from fmnist_tuning.runtime import exit_without_teardown
 

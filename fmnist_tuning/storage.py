@@ -96,6 +96,8 @@ def open_storage(
         raise
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "compatible with the table schema" in reason:  # Optuna's words, with their fix
+            raise StudyError(f"storage {redact(url)}: {reason}") from None
         raise StudyError(
             f"cannot open storage {redact(url)} ({reason[:200]}); check the URL (an SQLAlchemy "
             "URL such as postgresql+psycopg://user@host/db, or journal:PATH), that the server "

@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
+from fmnist_tuning.callbacks import KeepSignalHandlers
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.data import FashionMNISTDataModule
 from fmnist_tuning.model import FashionMNISTClassifier
@@ -36,10 +37,11 @@ def build_trainer(
     Args:
         run: The study-wide settings (accelerator, ``max_epochs``, progress bars).
         callbacks: The run's callbacks; checkpointing is on when one is a ``ModelCheckpoint``.
+            :class:`~fmnist_tuning.callbacks.KeepSignalHandlers` is added to them.
         logger: Where metrics go (none by default).
         **overrides: Trainer arguments that replace these defaults (e.g. ``limit_val_batches``).
     """
-    callbacks = callbacks or []
+    callbacks = [*(callbacks or []), KeepSignalHandlers()]
     kwargs: dict[str, Any] = {
         "accelerator": "gpu" if uses_gpu(run.accelerator) else "cpu",
         "devices": 1,

@@ -1,5 +1,6 @@
 """A loopback TCP proxy for fault tests: it sits between the workers and a database server and can
-cut every connection through it, or refuse all of them for a while (the server is never touched)."""
+cut every connection through it, refuse all of them for a while, or hold every byte (a server that
+hangs); the server itself is never touched."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ class Proxy:
         self._lock = threading.Lock()
         self._refusing = threading.Event()
         self._closed = threading.Event()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self.accepted = 0  # connections forwarded so far
         self.cuts = 0  # connections cut by cut() or down()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -65,9 +68,18 @@ class Proxy:
         """Accepts connections again."""
         self._refusing.clear()
 
+    def stall(self) -> None:
+        """Holds every byte, both ways, until :meth:`flow`: the server seems to hang."""
+        self._flowing.clear()
+
+    def flow(self) -> None:
+        """Forwards again what :meth:`stall` held, and what follows."""
+        self._flowing.set()
+
     def close(self) -> None:
         """Stops the proxy and cuts what is open."""
         self._closed.set()
+        self._flowing.set()
         self._listener.close()
         self.cut()
 
@@ -104,6 +116,9 @@ class Proxy:
                         data = sock.recv(65536)
                         if not data:
                             raise OSError("closed")
+                        while not self._flowing.wait(0.2):
+                            if self._closed.is_set():
+                                raise OSError("closed")
                         peer[sock].sendall(data)
             except (OSError, ValueError):  # closed by a peer or by cut()
                 pass

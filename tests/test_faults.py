@@ -295,6 +295,31 @@ def test_a_study_db_that_is_not_optunas_exits_2_with_one_line_and_is_left_as_it_
     assert db.read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["study.db"]
 
 
+@pytest.mark.parametrize(
+    ("revision", "fix"),
+    [("v3.0.0.d", "optuna storage upgrade"), ("v99.0.0.a", "pip install -U optuna")],
+)
+def test_a_study_db_of_another_optuna_schema_exits_2_with_one_line_and_is_left_as_it_was(
+    revision: str,
+    fix: str,
+    fake_data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    db = out / "study.db"
+    optuna.create_study(storage=f"sqlite:///{db}", study_name="fmnist-mlp", direction="maximize")
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # an older or a newer Optuna's tables
+        conn.execute("UPDATE alembic_version SET version_num = ?", (revision,))
+        conn.commit()
+    before = db.read_bytes()
+    assert main(tune_args(fake_data_dir, out, "--n-trials", "1")) == 2
+    line = _one_line_error(capsys)
+    assert str(db) in line and "table schema" in line and fix in line, line
+    assert db.read_bytes() == before
+
+
 @pytest.mark.integration
 def test_journal_storage_on_a_shared_file_runs_the_study(
     fake_data_dir: Path, tmp_path: Path
