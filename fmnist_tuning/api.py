@@ -71,7 +71,8 @@ class TuneResult:
 
         if self.checkpoint is None or not self.checkpoint.is_file():
             raise NoResultError(
-                f"no model file at {self.checkpoint}; run the study on this machine"
+                f"no model file at {self.checkpoint}, nor in the artifact store; pass the "
+                "artifact_store the study's machines share"
             )
         module = FashionMNISTClassifier.load_from_checkpoint(self.checkpoint, map_location="cpu")
         return module.eval()
@@ -205,15 +206,21 @@ def load_result(
     *,
     storage: str | None = None,
     study_name: str = RunConfig.study_name,
+    artifact_store: str | None = None,
 ) -> TuneResult:
     """Reopens a finished or running study: by its output folder, or by its storage and name.
+
+    On a machine other than the one that made the final model, pass the ``artifact_store`` the
+    study's machines share: the model is copied from there into ``output_dir``.
 
     Raises:
         fmnist_tuning.errors.StudyError: No such study.
         fmnist_tuning.errors.NoResultError: It has no complete trial yet.
     """
     folder = Path(output_dir) if output_dir is not None else Path("runs") / study_name
-    base = RunConfig(study_name=study_name, output_dir=folder, storage=storage)
+    base = RunConfig(
+        study_name=study_name, output_dir=folder, storage=storage, artifact_store=artifact_store
+    )
     study = load_existing(base.storage_url, study_name)
     recorded = study.user_attrs.get(RUN_SETTINGS, {})
     restored = ("seed", "val_size", "max_epochs", "early_stopping", "sampler", "pruner")
@@ -231,7 +238,11 @@ def _result(study: optuna.Study, config: RunConfig, trial: int | None = None) ->
     best = study.best_trial if trial is None else study.get_trials(deepcopy=False)[trial]
     final = stored_result(study, best.number)
     if final is not None:
-        checkpoint: Path | None = Path(final["model"])
+        from fmnist_tuning.artifacts import open_store
+        from fmnist_tuning.final import local_model
+
+        # Made on another machine: copied from the artifact store into this output dir.
+        checkpoint: Path | None = local_model(final, config, open_store(config))
     else:
         checkpoint = Path(best.user_attrs[CHECKPOINT]) if CHECKPOINT in best.user_attrs else None
     return TuneResult(

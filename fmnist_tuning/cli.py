@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="without heartbeat for this long a trial is FAIL and retried (default 3 heartbeats)",
     )
     p.add_argument(
+        "--artifact-store",
+        metavar="FOLDER|s3://BUCKET|gs://BUCKET",
+        help="model files, for machines without a shared disk (default <output-dir>/artifacts)",
+    )
+    p.add_argument(
         "--storage-timeout",
         type=_integer,
         default=d.storage_timeout,

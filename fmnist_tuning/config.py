@@ -37,6 +37,9 @@ class RunConfig:
     workers: int = 1  # worker processes on this machine sharing the study (1: run in this process)
     heartbeat_interval: int = 10  # seconds between a running trial's heartbeats (SQL storages)
     grace_period: int | None = None  # seconds without one before a trial is FAIL; None: 3 beats
+    # Where model files go so that any machine can fetch them: a folder, s3://BUCKET or gs://BUCKET;
+    # None = <output_dir>/artifacts
+    artifact_store: str | None = None
     storage_timeout: int = 120  # seconds a database server may stay unreachable; then exit 2
 
     @property

@@ -10,6 +10,7 @@ accuracy, the most confident mistakes), is stored in the study's ``final_models`
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -21,8 +22,10 @@ from typing import Any
 import lightning.pytorch as pl
 import optuna
 import torch
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
+from fmnist_tuning import artifacts
 from fmnist_tuning.callbacks import StopAfterEpochs
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.data import FashionMNISTDataModule
@@ -31,6 +34,7 @@ from fmnist_tuning.files import write_atomic
 from fmnist_tuning.keys import (
     BEST_JSON,
     CHECKPOINT,
+    CHECKPOINT_ARTIFACT,
     CHECKPOINT_DIR,
     EPOCHS,
     FINAL_MODELS,
@@ -38,7 +42,7 @@ from fmnist_tuning.keys import (
     trial_name,
 )
 from fmnist_tuning.model import FashionMNISTClassifier
-from fmnist_tuning.objective import prune_checkpoints
+from fmnist_tuning.objective import checkpoint_path, prune_checkpoints
 from fmnist_tuning.raw import N_CLASSES, load_raw
 from fmnist_tuning.search_space import TrialConfig, suggest_config
 from fmnist_tuning.storage import redact
@@ -129,7 +133,49 @@ def score_on_test(model: Path, run: RunConfig) -> dict[str, Any]:
     }
 
 
-def _final_model(study: optuna.Study, best: FrozenTrial, run: RunConfig) -> dict[str, Any]:
+def _trial_checkpoint(trial: FrozenTrial, run: RunConfig, store: Any) -> Path:
+    """The trial's best-epoch weights on this machine: its own file, or the artifact store's copy.
+
+    Raises:
+        StudyError: Neither is there.
+    """
+    checkpoint = Path(trial.user_attrs.get(CHECKPOINT, ""))
+    if trial.user_attrs.get(CHECKPOINT) and checkpoint.is_file():
+        return checkpoint
+    if CHECKPOINT_ARTIFACT in trial.user_attrs:
+        with contextlib.suppress(ArtifactNotFound):
+            local = checkpoint_path(run.output_dir, trial.number)
+            return artifacts.fetch(store, trial.user_attrs[CHECKPOINT_ARTIFACT], local)
+    host = str(trial.user_attrs.get(WORKER, "")).rpartition(":")[0]
+    where = f" (host {host})" if host and host != socket.gethostname() else ""
+    raise StudyError(
+        f"the best trial's checkpoint {checkpoint} is missing, and the artifact store "
+        f"{artifacts.store_location(run)} has no copy; pass the --artifact-store the machines "
+        f"share, or run the same command on the machine{where} and output dir that trained it"
+    )
+
+
+def local_model(final: dict[str, Any], run: RunConfig, store: Any | None = None) -> Path:
+    """Where this machine has a final model's weights: in its output dir, else where recorded.
+
+    Given the artifact store, a model missing from the output dir is copied from there first (it
+    was made on another machine, or in another output dir).
+    """
+    trial = int(final["trial"])
+    here = (
+        final_path(run.output_dir, trial)
+        if final["retrained"]
+        else checkpoint_path(run.output_dir, trial)
+    )
+    if not here.is_file() and store is not None and final.get("model_artifact"):
+        with contextlib.suppress(ArtifactNotFound):
+            artifacts.fetch(store, final["model_artifact"], here)
+    return here if here.is_file() else Path(final["model"])
+
+
+def _final_model(
+    study: optuna.Study, best: FrozenTrial, run: RunConfig, store: Any
+) -> dict[str, Any]:
     """The stored result of the best trial's final model; trains and scores it the first time.
 
     Either way it becomes the study's ``current`` final model.
@@ -141,15 +187,7 @@ def _final_model(study: optuna.Study, best: FrozenTrial, run: RunConfig) -> dict
         if stored.get("current") != key:
             study.set_user_attr(FINAL_MODELS, {"current": key, "models": models})
         return dict(models[key])
-    checkpoint = Path(best.user_attrs.get(CHECKPOINT, ""))
-    if not best.user_attrs.get(CHECKPOINT) or not checkpoint.is_file():
-        host = str(best.user_attrs.get(WORKER, "")).rpartition(":")[0]
-        where = f" (host {host})" if host and host != socket.gethostname() else ""
-        raise StudyError(
-            f"the best trial's checkpoint {checkpoint} is missing; run the same command on the "
-            f"machine{where} and output dir that trained it, or give all machines one shared "
-            "--output-dir"
-        )
+    checkpoint = _trial_checkpoint(best, run, store)
     epochs = best_epoch(best)
     model = checkpoint
     if run.retrain:
@@ -163,11 +201,17 @@ def _final_model(study: optuna.Study, best: FrozenTrial, run: RunConfig) -> dict
         config = suggest_config(optuna.trial.FixedTrial(best.params))
         path = final_path(run.output_dir, best.number)
         model = retrain_full(config, run, epochs, path, seed=run.seed + best.number)
+    artifact = (
+        artifacts.upload(store, model, study)
+        if run.retrain
+        else best.user_attrs.get(CHECKPOINT_ARTIFACT)
+    )
     log.info("scoring trial %d's final model on the official test set (once)", best.number)
     result = {
         "trial": best.number,
         "retrained": run.retrain,
         "model": str(model.resolve()),
+        "model_artifact": artifact,  # the same file in the artifact store, for other machines
         "epochs": epochs,  # the checkpoint's epoch, and the epochs the retrain trains
         "schedule_epochs": run.max_epochs,
         **score_on_test(model, run),
@@ -185,13 +229,16 @@ def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
         The ``best.json`` content, or ``None`` when the study has no complete trial yet.
 
     Raises:
-        StudyError: The best trial's checkpoint is not on this machine.
+        StudyError: The best trial's checkpoint is neither on this machine nor in the artifact
+            store.
     """
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return None
     best = study.best_trial
-    final = _final_model(study, best, run)
-    prune_checkpoints(study, run.output_dir, keep=best.number)
+    store = artifacts.open_store(run)
+    final = _final_model(study, best, run, store)
+    model = local_model(final, run, store)
+    prune_checkpoints(study, run.output_dir, keep=best.number, store=store)
     states = [t.state for t in study.get_trials(deepcopy=False)]
     result = {
         "study_name": study.study_name,
@@ -206,7 +253,9 @@ def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
         "best_epoch": best_epoch(best),
         "final_epochs": final["epochs"],  # epochs the final model trained, of a schedule of
         "schedule_epochs": final["schedule_epochs"],  # this many (the study's --max-epochs)
-        "checkpoint": final["model"],  # the model test_acc was measured on
+        "checkpoint": str(model),  # the model test_acc was measured on, on this machine
+        "model_artifact": final.get("model_artifact"),  # the same file in the artifact store
+        "artifact_store": artifacts.store_location(run),
         "trial_checkpoint": best.user_attrs.get(CHECKPOINT),  # the trial's own best-epoch weights
         "retrained_on_full_train": final["retrained"],
         "trials": {s.name.lower(): states.count(s) for s in TrialState if states.count(s)},

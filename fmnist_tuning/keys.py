@@ -17,6 +17,7 @@ HP_METRIC = "hp_metric"  # TensorBoard's HParams value of a trial: its best VAL_
 # Trial user attributes.
 EPOCHS = "epochs"  # epochs the trial trained (pruning and early stopping end many early)
 CHECKPOINT = "checkpoint"  # path of the weights at its best epoch
+CHECKPOINT_ARTIFACT = "checkpoint_artifact"  # the same file's id in the artifact store
 TRAIN_SECONDS = "train_seconds"  # seconds inside trainer.fit
 WORKER = "worker"  # host:pid of the process that ran it
 FAIL_REASON = "fail_reason"  # why it failed (or was pruned) when not for its accuracy

@@ -177,13 +177,14 @@ def optimize(
     if done and parent_pid is None:
         log.info("resuming study %r: %d finished trials already", run.study_name, done)
     deadline = None if run.timeout is None else time.monotonic() + run.timeout
+    objective = objective or Objective(run)
     callbacks = [
         lambda s, t: log_trial(s, t, n_trials=run.n_trials, deadline=deadline),
-        lambda s, _: prune_checkpoints(s, run.output_dir),
+        lambda s, _: prune_checkpoints(s, run.output_dir, store=objective.store),
         release_memory,
     ]
     claim = _ClaimLock(run.output_dir / CLAIM_LOCK)
-    runner = _Runner(objective or Objective(run), claim)
+    runner = _Runner(objective, claim)
     heartbeats = journal_path(run.storage_url) is None
     total = math.inf if run.n_trials is None else run.n_trials
     with defer_interrupts(), spare_long_lived_objects():

@@ -19,11 +19,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
+from fmnist_tuning import artifacts
 from fmnist_tuning.callbacks import TrialGuard, ValHistory
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.faults import Interrupted, TrialFailure, received_signal
 from fmnist_tuning.keys import (
     CHECKPOINT,
+    CHECKPOINT_ARTIFACT,
     CHECKPOINT_DIR,
     EPOCHS,
     FAIL_REASON,
@@ -44,7 +46,9 @@ def checkpoint_path(output_dir: Path, number: int) -> Path:
     return output_dir / CHECKPOINT_DIR / f"{trial_name(number)}.ckpt"
 
 
-def prune_checkpoints(study: optuna.Study, output_dir: Path, keep: int | None = None) -> None:
+def prune_checkpoints(
+    study: optuna.Study, output_dir: Path, keep: int | None = None, store: Any = None
+) -> None:
     """Deletes the checkpoints of finished trials other than the best; running ones may still win.
 
     Args:
@@ -53,6 +57,7 @@ def prune_checkpoints(study: optuna.Study, output_dir: Path, keep: int | None = 
         keep: The trial whose checkpoint alone stays (once no worker runs). By default, one
             snapshot of the trials decides, so that a best trial another worker just finished is
             never taken for a beaten one, and trials tied for the best value all keep theirs.
+        store: The artifact store, whose copies of those checkpoints go too.
     """
     trials = study.get_trials(deepcopy=False)
     values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
@@ -62,6 +67,8 @@ def prune_checkpoints(study: optuna.Study, output_dir: Path, keep: int | None = 
             trial.number != keep if keep is not None else trial.value != best
         ):
             checkpoint_path(output_dir, trial.number).unlink(missing_ok=True)
+            if store is not None and CHECKPOINT_ARTIFACT in trial.user_attrs:
+                artifacts.remove(store, trial.user_attrs[CHECKPOINT_ARTIFACT])
 
 
 def _remove_checkpoint(checkpoint: ModelCheckpoint) -> None:
@@ -73,8 +80,8 @@ def _remove_checkpoint(checkpoint: ModelCheckpoint) -> None:
 class Objective:
     """Trains one trial's configuration and returns its best validation accuracy.
 
-    Records on the trial: ``epochs`` trained, ``train_seconds``, its ``checkpoint`` (complete
-    trials) and, when it failed or was pruned for another reason than its accuracy, ``fail_reason``.
+    Records on the trial: ``epochs`` trained, ``train_seconds``, its ``checkpoint`` and that file's
+    ``checkpoint_artifact`` in the artifact store (complete trials) and, when it failed or was pruned for another reason than its accuracy, ``fail_reason``.
 
     Args:
         run: The study-wide settings (data, epochs, output folder, accelerator, pruning).
@@ -94,6 +101,7 @@ class Objective:
         self.make_datamodule = make_datamodule or build_datamodule
         self.extra_callbacks = list(extra_callbacks)
         self.trainer_overrides = trainer_overrides or {}
+        self.store = artifacts.open_store(run)
 
     def __call__(self, trial: optuna.Trial) -> float:
         run = self.run
@@ -162,5 +170,9 @@ class Objective:
             trial.set_user_attr(FAIL_REASON, out_of_memory)
             raise optuna.TrialPruned(out_of_memory)
         if checkpoint.best_model_path:
-            trial.set_user_attr(CHECKPOINT, str(Path(checkpoint.best_model_path).resolve()))
+            path = Path(checkpoint.best_model_path).resolve()
+            trial.set_user_attr(CHECKPOINT, str(path))
+            if isinstance(trial, optuna.Trial):  # not a stand-in (FixedTrial, a wrapper)
+                artifact = artifacts.upload(self.store, path, trial)
+                trial.set_user_attr(CHECKPOINT_ARTIFACT, artifact)
         return history.best

@@ -113,6 +113,20 @@ class Workers:
                 proc.send_signal(signum)
                 self._signalled.add(proc.pid)
 
+    def start(self, job: Job) -> subprocess.Popen[bytes]:
+        """Starts one worker process for ``job`` (in its own session: no terminal signals)."""
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[1])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+        proc = subprocess.Popen(
+            self.command, stdin=subprocess.PIPE, env=env, start_new_session=True
+        )
+        self.procs.append(proc)
+        assert proc.stdin is not None
+        proc.stdin.write(job.to_json().encode())
+        proc.stdin.close()
+        return proc
+
     def run(self, study: optuna.Study, config: RunConfig, first: int) -> list[int]:
         """Runs the study's trials in ``config.workers`` new processes, numbered from ``first``.
 
@@ -125,21 +139,11 @@ class Workers:
             Interrupted: This process received SIGINT or SIGTERM (after the workers ended).
         """
         log.info("starting %d worker processes (sampler seeds %d…)", config.workers, first)
-        env = dict(os.environ)
-        package_root = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         with defer_interrupts():  # a signal is forwarded; the workers fail their trials, then end
             for slot in range(first, first + config.workers):
                 if received_signal() is not None:
                     break  # interrupted while starting: start no more
-                job = Job(config, slot, config.workers, os.getpid())
-                proc = subprocess.Popen(
-                    self.command, stdin=subprocess.PIPE, env=env, start_new_session=True
-                )
-                self.procs.append(proc)
-                assert proc.stdin is not None
-                proc.stdin.write(job.to_json().encode())
-                proc.stdin.close()
+                self.start(Job(config, slot, config.workers, os.getpid()))
             if (signum := received_signal()) is not None:  # arrived while a worker was starting
                 for proc in self.procs:
                     if proc.pid not in self._signalled and proc.poll() is None:

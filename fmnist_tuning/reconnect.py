@@ -5,11 +5,13 @@ server restart, a failover or a firewall closed fails the next storage call of t
 heartbeat thread or of the worker. :class:`ReconnectingStorage` wraps an ``RDBStorage`` opened with
 ``pool_pre_ping``: a call that fails because its connection dropped is tried again (each call is
 one transaction, rolled back when its connection died), with backoff, until the database has been
-unreachable for ``give_up_after`` seconds; then :class:`StorageUnavailable` ends the worker.
+unreachable for ``give_up_after`` seconds; then :class:`StorageUnavailable` ends the worker. It
+also records why a trial whose heartbeats stopped is failed (``fail_reason``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -26,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from fmnist_tuning.errors import StudyError
 from fmnist_tuning.faults import raise_if_interrupted
+from fmnist_tuning.keys import FAIL_REASON
 
 if TYPE_CHECKING:
     from optuna.study._frozen import FrozenStudy  # not re-exported; only for the signature
@@ -244,7 +247,16 @@ class ReconnectingStorage(BaseStorage, BaseHeartbeat):
             self._outage.succeeded()
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        return self._call(self.inner._get_stale_trial_ids, study_id)
+        """The running trials whose heartbeats stopped; each records why it is about to fail."""
+        stale = self._call(self.inner._get_stale_trial_ids, study_id)
+        reason = (
+            f"its worker sent no heartbeat for {self.inner.grace_period} s (killed, or cut off "
+            "from the database): FAIL, and queued again"
+        )
+        for trial_id in stale:
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                self._call(self.inner.set_trial_user_attr, trial_id, FAIL_REASON, reason)
+        return stale
 
     def get_heartbeat_interval(self) -> int | None:
         return self.inner.get_heartbeat_interval()

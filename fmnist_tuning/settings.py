@@ -33,6 +33,7 @@ POSITIVE_INTS = (
 # What workers="auto" (--workers auto) means: one worker process per core, one torch thread each.
 # Measured on the 2-core reference CPU (16-point grid, 2-epoch trials): 2 workers 15.9 trials/min,
 # 1 worker 11.9.
+ARTIFACT_SCHEMES = ("s3", "gs")  # the cloud artifact stores Optuna has (folders need none)
 AUTO_WORKERS = max(1, os.cpu_count() or 1)
 
 
@@ -75,8 +76,8 @@ def check(config: RunConfig) -> None:
 
     Raises:
         SettingsError: A count or interval that is not a positive integer, an unknown choice, a
-            grace period not longer than the heartbeat, an output folder that cannot be made, or
-            a GPU asked for where there is none.
+            grace period not longer than the heartbeat, an output folder or artifact store that
+            cannot be made, or a GPU asked for where there is none.
     """
     for field in POSITIVE_INTS:
         value = getattr(config, field)
@@ -112,6 +113,15 @@ def check(config: RunConfig) -> None:
             f"{config.heartbeat_interval}, or live trials would be failed"
         )
     _check_output_dir(config.output_dir)
+    store = config.artifact_store
+    if store is not None:
+        scheme, sep, bucket = str(store).partition("://")
+        if sep and (scheme not in ARTIFACT_SCHEMES or not bucket):
+            raise SettingsError(
+                f"--artifact-store {store}: expected a folder, s3://BUCKET or gs://BUCKET"
+            )
+        if not sep:
+            _check_output_dir(Path(store), flag="--artifact-store")
     if config.accelerator == "gpu":
         import torch
 
@@ -121,13 +131,13 @@ def check(config: RunConfig) -> None:
             )
 
 
-def _check_output_dir(path: Path) -> None:
+def _check_output_dir(path: Path, flag: str = "--output-dir") -> None:
     """Refuses an output folder that cannot be made: a file, or under one, or not writable."""
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         what = "is a file" if existing == path else f"is under {existing}, a file"
-        raise SettingsError(f"--output-dir {path} {what}; name a folder")
+        raise SettingsError(f"{flag} {path} {what}; name a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise SettingsError(f"--output-dir {path}: {existing} is not writable; name another folder")
+        raise SettingsError(f"{flag} {path}: {existing} is not writable; name another folder")

@@ -4,6 +4,7 @@ under CI)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from fmnist_tuning import load_result
 from fmnist_tuning.cli import main
+from tests.conftest import synthetic_split
 from tests.processes import (
     FINISHED,
     Tune,
@@ -97,3 +100,42 @@ def test_sigkilled_worker_trial_is_failed_and_retried_on_resume(
     assert sum(t.state in FINISHED for t in trials) == 3
     assert not any(t.state == TrialState.RUNNING for t in trials)
     assert "Traceback" not in (tmp_path / "killed.log").read_text() + capfd.readouterr().err
+
+
+def test_two_machines_without_a_shared_disk_finalize_to_the_same_best_json(
+    fake_data_dir: Path, tmp_path: Path
+) -> None:
+    """Two output dirs (two machines' disks), one PostgreSQL study, one artifact store."""
+    store = tmp_path / "bucket"
+    with pg_study() as (url, name):
+
+        def run(out: Path, total: int, *extra: str) -> dict[str, object]:
+            args = tune_args(fake_data_dir, out, "--n-trials", str(total), "--no-warm-start")
+            args += ["--storage", url, "--study-name", name, "--artifact-store", str(store)]
+            assert main([*args, *extra]) == 0
+            return json.loads((out / "best.json").read_text())
+
+        run(tmp_path / "a", 2)  # machine a runs the first half of the trials
+        from_b = run(tmp_path / "b", 4)  # b the second half, then finalizes all four
+        from_a = run(tmp_path / "a", 4)  # a finalizes again: nothing left to train, b's model
+        # A third machine scores the best trial's own checkpoint, trained on a or b.
+        from_c = run(tmp_path / "c", 4, "--no-retrain")
+        trials = optuna.load_study(study_name=name, storage=url).trials
+        result = load_result(
+            tmp_path / "a", storage=url, study_name=name, artifact_store=str(store)
+        )
+        labels = result.predict(synthetic_split(50, seed=2)[0])
+    local = ("checkpoint", "trial_checkpoint")  # each machine's own copy of the files
+    assert {k: v for k, v in from_a.items() if k not in local} == {
+        k: v for k, v in from_b.items() if k not in local
+    }
+    for best, out in ((from_a, "a"), (from_b, "b"), (from_c, "c")):
+        assert Path(str(best["checkpoint"])).is_file()
+        assert Path(str(best["checkpoint"])).is_relative_to(tmp_path / out)
+    assert from_c["trial"] == from_b["trial"] and from_c["retrained_on_full_train"] is False
+    assert not any(Path(t.user_attrs["checkpoint"]).is_relative_to(tmp_path / "c") for t in trials)
+    for t in trials:  # the beaten trials' copies are gone from the store, the best one's stays
+        kept = (store / t.user_attrs["checkpoint_artifact"]).is_file()
+        assert kept == (t.number == from_b["trial"]), t.number
+    assert result.checkpoint is not None and result.checkpoint.is_relative_to(tmp_path / "a")
+    assert labels.shape == (50,)

@@ -1,0 +1,87 @@
+"""Model files in Optuna's artifact store, so that any machine can finalize a study without NFS.
+
+Each complete trial uploads its best-epoch checkpoint (its artifact id is the trial's
+``checkpoint_artifact`` attribute); beaten trials' copies are removed as their local files are; the
+final model is uploaded too. A machine that lacks a file on its own disk downloads it. The store is
+``--artifact-store``: a folder (Optuna's ``FileSystemArtifactStore``; by default ``artifacts/`` in
+the output dir), ``s3://BUCKET`` (``Boto3ArtifactStore``, needs boto3) or ``gs://BUCKET``
+(``GCSArtifactStore``, needs google-cloud-storage).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.artifacts import (
+    Boto3ArtifactStore,
+    FileSystemArtifactStore,
+    GCSArtifactStore,
+    download_artifact,
+    upload_artifact,
+)
+from optuna.artifacts.exceptions import ArtifactNotFound
+
+from fmnist_tuning.config import RunConfig
+from fmnist_tuning.errors import SettingsError
+
+ARTIFACTS_DIR = "artifacts"  # the default store's folder in the output dir
+BUCKETS = {"s3": (Boto3ArtifactStore, "boto3"), "gs": (GCSArtifactStore, "google-cloud-storage")}
+
+
+def store_location(run: RunConfig) -> str:
+    """Where the run's artifact store is: ``--artifact-store``, else ``<output-dir>/artifacts``."""
+    return run.artifact_store or str(run.output_dir / ARTIFACTS_DIR)
+
+
+def open_store(run: RunConfig) -> Any:
+    """The run's artifact store (see the module docstring).
+
+    Raises:
+        SettingsError: An unknown URL scheme, or the library of a cloud store is not installed.
+    """
+    location = store_location(run)
+    scheme, sep, bucket = location.partition("://")
+    if not sep:
+        Path(location).mkdir(parents=True, exist_ok=True)
+        return FileSystemArtifactStore(location)
+    if scheme not in BUCKETS or not bucket:
+        raise SettingsError(
+            f"--artifact-store {location}: expected a folder, s3://BUCKET or gs://BUCKET"
+        )
+    store, package = BUCKETS[scheme]
+    try:
+        return store(bucket.strip("/"))
+    except ImportError:
+        raise SettingsError(
+            f"--artifact-store {location} needs {package}: pip install {package}"
+        ) from None
+
+
+def upload(store: Any, path: Path, owner: optuna.Trial | optuna.Study) -> str:
+    """Copies ``path`` into the store, linked to a running trial or the study; returns its id."""
+    return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=owner)
+
+
+def remove(store: Any, artifact_id: str) -> None:
+    """Deletes a stored file (gone already, e.g. removed by another machine: nothing to do)."""
+    with contextlib.suppress(ArtifactNotFound, FileNotFoundError):
+        store.remove(artifact_id)
+
+
+def fetch(store: Any, artifact_id: str, path: Path) -> Path:
+    """Makes ``path`` a copy of a stored file (kept when it is there already); returns it.
+
+    Raises:
+        ArtifactNotFound: The store holds no such file.
+    """
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+        partial.unlink(missing_ok=True)
+        download_artifact(artifact_store=store, artifact_id=artifact_id, file_path=str(partial))
+        partial.replace(path)  # whole or not at all
+    return path
