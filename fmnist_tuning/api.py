@@ -25,13 +25,13 @@ from optuna.trial import TrialState
 
 from fmnist_tuning import runtime
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.errors import NoResultError
+from fmnist_tuning.errors import NoResultError, StudyError
 from fmnist_tuning.keys import CHECKPOINT, RUN_SETTINGS
 from fmnist_tuning.progress import configure_logging, summarize
 from fmnist_tuning.report import stored_result
 from fmnist_tuning.search_space import TrialConfig, suggest_config
 from fmnist_tuning.settings import make_config
-from fmnist_tuning.storage import load_existing
+from fmnist_tuning.storage import load_existing, redact
 
 log = logging.getLogger("fmnist_tuning")
 
@@ -177,10 +177,16 @@ def run_study(config: RunConfig) -> tuple[optuna.Study, dict[str, Any]]:
             if workers is None:
                 the_study.sampler = study.make_sampler(config.sampler, config.seed + first)
                 optimize(the_study, config)
-            elif any(workers.run(the_study, config, first)) and not study.reached_total(
-                the_study, config
-            ):
-                raise NoResultError(f"{summarize(the_study)}; rerun the same command to resume")
+            else:
+                codes = workers.run(the_study, config, first)
+                if 2 in codes:  # a worker could not use a store; it said why, in one line
+                    raise StudyError(
+                        f"a worker could not use storage {redact(config.storage_url)} or the "
+                        "artifact store (its message is above); rerun the same command once "
+                        "that is fixed"
+                    )
+                if any(codes) and not study.reached_total(the_study, config):
+                    raise NoResultError(f"{summarize(the_study)}; rerun the same command to resume")
             result = finalize(the_study, config)
             runtime.release_memory()  # the retrain's memory, before the report's imports and figures
             write_report(the_study, config.output_dir, config.storage_url, config.data_dir)

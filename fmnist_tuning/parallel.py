@@ -24,7 +24,7 @@ from typing import Any
 import optuna
 
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.errors import StudyError
+from fmnist_tuning.errors import SettingsError, StudyError
 from fmnist_tuning.faults import (
     Interrupted,
     catch_signals,
@@ -76,8 +76,8 @@ class Job:
 def work(job: Job) -> int:
     """The body of a worker process; returns its exit code.
 
-    0 when the study is done, 128 + the signal number when interrupted, 2 when the storage cannot
-    be used.
+    0 when the study is done, 128 + the signal number when interrupted, 2 when the storage or the
+    artifact store cannot be used.
     """
     from fmnist_tuning.loop import optimize  # after runtime.setup_process: it imports Lightning
 
@@ -88,7 +88,7 @@ def work(job: Job) -> int:
         except Interrupted as err:
             log.info("%s", err.reason)
             return err.exit_code
-        except StudyError as err:
+        except (StudyError, SettingsError) as err:  # the storage, or the artifact store
             log.error("%s", err)
             return 2
     return 0

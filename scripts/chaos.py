@@ -11,7 +11,8 @@ study holds its total; then it waits for the workers to end and checks:
 
 - finished trials (COMPLETE + PRUNED) == the total, exactly; none RUNNING;
 - every trial that was running in a killed worker is FAIL with a ``fail_reason``, and exactly one
-  trial retries it, with the same parameters (those it had drawn when it was killed);
+  trial retries it, with the same parameters (those it had drawn when it was killed), unless it
+  was itself the third retry in a row (``storage.MAX_RETRY``);
 - every finished trial has its TensorBoard run, and the best trial its checkpoint and its copy in
   the artifact store (beaten trials' checkpoints are deleted by design).
 
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +52,16 @@ from fmnist_tuning.keys import (
 )
 from fmnist_tuning.parallel import Job, Workers
 from fmnist_tuning.progress import FINISHED
+from fmnist_tuning.storage import MAX_RETRY
 from fmnist_tuning.study import load_or_create, reserve_worker_slots
 
-RETRIED = optuna.storages.RetryFailedTrialCallback.retried_trial_number
+RETRY_HISTORY = optuna.storages.RetryFailedTrialCallback.retry_history
+
+
+def retry_of(trial: optuna.trial.FrozenTrial) -> int | None:
+    """The trial this one retries (its direct predecessor in a chain of retries), if any."""
+    history = RETRY_HISTORY(trial)
+    return history[-1] if history else None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -153,7 +162,7 @@ def check(study: optuna.Study, run: RunConfig, killed: list[int]) -> dict[str, A
     trials = study.get_trials(deepcopy=False)
     states = [t.state for t in trials]
     finished = [t for t in trials if t.state in FINISHED]
-    retries = {n: [t for t in trials if RETRIED(t) == n] for n in killed}
+    retries = {n: [t for t in trials if retry_of(t) == n] for n in killed}
     problems = []
     if len(finished) != run.n_trials:
         problems.append(f"{len(finished)} finished trials, not {run.n_trials}")
@@ -163,9 +172,11 @@ def check(study: optuna.Study, run: RunConfig, killed: list[int]) -> dict[str, A
         trial = trials[n]
         if trial.state != TrialState.FAIL or not trial.user_attrs.get(FAIL_REASON):
             problems.append(f"killed trial {n} is {trial.state.name} without a fail_reason")
-        # A trial killed while it was still drawing its parameters is retried with those it had.
+        # A trial killed while it was still drawing its parameters is retried with those it had;
+        # one that was itself the MAX_RETRY-th retry is not retried again.
+        expected = 0 if len(RETRY_HISTORY(trial)) >= MAX_RETRY else 1
         same = [r for r in retries[n] if {k: r.params.get(k) for k in trial.params} == trial.params]
-        if len(retries[n]) != 1 or not same:
+        if len(retries[n]) != expected or len(same) != expected:
             problems.append(
                 f"killed trial {n} ({trial.params}) has {len(retries[n])} retries, "
                 f"{len(same)} with its parameters"
@@ -184,7 +195,8 @@ def check(study: optuna.Study, run: RunConfig, killed: list[int]) -> dict[str, A
         "complete": states.count(TrialState.COMPLETE),
         "pruned": states.count(TrialState.PRUNED),
         "failed": states.count(TrialState.FAIL),
-        "retries": sum(RETRIED(t) is not None for t in trials),
+        "retries": sum(retry_of(t) is not None for t in trials),
+        "retry_limit_reached": sum(len(RETRY_HISTORY(trials[n])) >= MAX_RETRY for n in killed),
         "killed_trials": killed,
         "problems": problems,
         "ok": not problems,
@@ -192,6 +204,7 @@ def check(study: optuna.Study, run: RunConfig, killed: list[int]) -> dict[str, A
 
 
 def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     args = parse_args(argv)
     figures = soak(args)
     text = json.dumps(figures, indent=2)
