@@ -81,7 +81,8 @@ class Objective:
     """Trains one trial's configuration and returns its best validation accuracy.
 
     Records on the trial: ``epochs`` trained, ``train_seconds``, its ``checkpoint`` and that file's
-    ``checkpoint_artifact`` in the artifact store (complete trials) and, when it failed or was pruned for another reason than its accuracy, ``fail_reason``.
+    ``checkpoint_artifact`` in the artifact store (complete trials) and, when it failed or was
+    pruned for another reason than its accuracy, ``fail_reason``.
 
     Args:
         run: The study-wide settings (data, epochs, output folder, accelerator, pruning).

@@ -47,8 +47,8 @@ def test_four_workers_on_sqlite_run_exactly_the_total(
     fake_data_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    assert main(tune_args(fake_data_dir, out, "--workers", "4", "--n-trials", "40")) == 0
-    _assert_exact_total(f"sqlite:///{out / 'study.db'}", "fmnist-mlp", 40, capfd.readouterr().err)
+    assert main(tune_args(fake_data_dir, out, "--workers", "4", "--n-trials", "20")) == 0
+    _assert_exact_total(f"sqlite:///{out / 'study.db'}", "fmnist-mlp", 20, capfd.readouterr().err)
     assert (out / "best.json").is_file()
 
 
@@ -56,9 +56,9 @@ def test_four_workers_on_postgresql_run_exactly_the_total(
     fake_data_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     with pg_study() as (url, name):
-        args = tune_args(fake_data_dir, tmp_path / "out", "--workers", "4", "--n-trials", "40")
+        args = tune_args(fake_data_dir, tmp_path / "out", "--workers", "4", "--n-trials", "20")
         assert main([*args, "--storage", url, "--study-name", name]) == 0
-        _assert_exact_total(url, name, 40, capfd.readouterr().err)
+        _assert_exact_total(url, name, 20, capfd.readouterr().err)
 
 
 def test_sigkilled_worker_trial_is_failed_and_retried_on_resume(

@@ -58,7 +58,7 @@ def test_second_sigint_stops_a_trial_at_once(fake_data_dir: Path, tmp_path: Path
 
 
 def test_second_sigint_stops_the_final_retrain_at_once(tmp_path: Path) -> None:
-    data = write_fake_fmnist(tmp_path / "data", n_train=20_000)  # a retrain of some seconds
+    data = write_fake_fmnist(tmp_path / "data", n_train=10_000)  # a retrain of some seconds
     with pg_study() as (url, name), Proxy(PG_SERVER) as proxy:
         args = tune_args(data, tmp_path / "out", "--n-trials", "1", "--max-epochs", "4")
         args += ["--storage", proxy.url(url), "--study-name", name]

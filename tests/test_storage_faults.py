@@ -27,7 +27,7 @@ def _trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
 
 
 def test_cut_connections_lose_no_trial(fake_data_dir: Path, tmp_path: Path) -> None:
-    total = 12
+    total = 8
     with pg_study() as (url, name), Proxy(PG_SERVER) as proxy:
         args = tune_args(
             fake_data_dir, tmp_path / "out", "--workers", "2", "--n-trials", str(total)
