@@ -11,7 +11,9 @@ the output dir), ``s3://BUCKET`` (``Boto3ArtifactStore``, needs boto3) or ``gs:/
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +54,26 @@ def open_store(run: RunConfig) -> Any:
         raise SettingsError(
             f"--artifact-store {location}: expected a folder, s3://BUCKET or gs://BUCKET"
         )
-    store, package = BUCKETS[scheme]
+    kind, package = BUCKETS[scheme]
     try:
-        return store(bucket.strip("/"))
+        store = kind(bucket.strip("/"))
     except ImportError:
         raise SettingsError(
             f"--artifact-store {location} needs {package}: pip install {package}"
         ) from None
+    # Credentials and bucket are checked now, with a small file written and removed, not after
+    # the first trial has trained.
+    probe = f"fmnist-tuning-probe-{uuid.uuid4().hex}"
+    try:
+        store.write(probe, io.BytesIO(b"ok"))
+        store.remove(probe)
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SettingsError(
+            f"--artifact-store {location} cannot be written ({reason[:200]}); check the bucket "
+            "name and the credentials"
+        ) from None
+    return store
 
 
 def upload(store: Any, path: Path, owner: optuna.Trial | optuna.Study) -> str:
@@ -82,6 +97,9 @@ def fetch(store: Any, artifact_id: str, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.{os.getpid()}.part")
         partial.unlink(missing_ok=True)
-        download_artifact(artifact_store=store, artifact_id=artifact_id, file_path=str(partial))
-        partial.replace(path)  # whole or not at all
+        try:
+            download_artifact(artifact_store=store, artifact_id=artifact_id, file_path=str(partial))
+            partial.replace(path)  # whole or not at all
+        finally:
+            partial.unlink(missing_ok=True)
     return path

@@ -14,11 +14,13 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+REPEAT_GAP = 1.0  # seconds: a signal this soon after the first is the same request, not a second
 
 
 class TrialFailure(Exception):
@@ -57,6 +59,7 @@ class _State:
     deferring = False  # inside defer_interrupts(): record, and let safe points raise
     handler: Callable[[int, FrameType | None], None] | None = None  # catch_signals()'s, if active
     exit_at_second = False  # a command-line process: the second signal ends it at once
+    first_at = 0.0  # time.monotonic() of the first signal
 
 
 def received_signal() -> int | None:
@@ -76,7 +79,9 @@ def catch_signals(on_signal: Callable[[int], None] | None = None) -> Iterator[No
 
     A signal is recorded and passed to ``on_signal`` (e.g. to forward it to worker processes).
     Inside :func:`defer_interrupts` the first one only sets the flag; otherwise, and for any
-    second signal, the handler raises :class:`Interrupted` where the program is.
+    second signal, the handler raises :class:`Interrupted` where the program is. A signal within
+    :data:`REPEAT_GAP` of the first is ignored: a scheduler that signals every process of a job
+    reaches a worker twice (directly and forwarded by its parent).
 
     Args:
         on_signal: Called with the signal number from the handler.
@@ -86,9 +91,12 @@ def catch_signals(on_signal: Callable[[int], None] | None = None) -> Iterator[No
         return
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        now = time.monotonic()
+        if _State.signum is not None and now - _State.first_at < REPEAT_GAP:
+            return  # the same stop delivered twice (Slurm signals every process, and the parent)
         _State.count += 1
         if _State.signum is None:
-            _State.signum = signum
+            _State.signum, _State.first_at = signum, now
         if on_signal is not None:
             on_signal(signum)
         if _State.count > 1 and _State.exit_at_second:
@@ -127,8 +135,8 @@ def reinstall_handlers() -> None:
 def exit_at_second_signal() -> None:
     """Process-wide, for command-line entry points: a second SIGINT/SIGTERM ends the process.
 
-    The first one still ends the running trial as FAIL and stops the study; a second one, when
-    that takes too long (a database that does not answer), exits at once with 128 + the signal,
+    The first one still ends the running trial as FAIL and stops the study; a second one (at
+    least :data:`REPEAT_GAP` later), when that takes too long (a database that does not answer), exits at once with 128 + the signal,
     leaving the running trial RUNNING until its heartbeat lapses. (In a notebook the second one
     raises :class:`Interrupted` instead, so that the kernel survives.)
     """

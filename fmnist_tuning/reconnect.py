@@ -12,6 +12,7 @@ also records why a trial whose heartbeats stopped is failed (``fail_reason``).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import threading
 import time
@@ -28,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from fmnist_tuning.errors import StudyError
 from fmnist_tuning.faults import raise_if_interrupted
-from fmnist_tuning.keys import FAIL_REASON
+from fmnist_tuning.keys import FAIL_REASON, WORKER
 
 if TYPE_CHECKING:
     from optuna.study._frozen import FrozenStudy  # not re-exported; only for the signature
@@ -43,8 +44,14 @@ class StorageUnavailable(StudyError):
     """The database stayed unreachable longer than the bound; finished trials are stored."""
 
 
+# A server that answers a connection with these refuses it for good: a wrong URL, user or password.
+REJECTIONS = ("password authentication failed", "does not exist", "no pg_hba.conf entry")
+
+
 def dropped_connection(err: BaseException) -> bool:
     """Whether ``err`` (or what caused it: Optuna wraps SQLAlchemy errors) is a lost connection."""
+    if any(words in str(err.__cause__ or err) for words in REJECTIONS):
+        return False
     seen: BaseException | None = err
     while seen is not None:
         if isinstance(seen, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
@@ -79,14 +86,16 @@ class Outage:
         Raises:
             StorageUnavailable: The database stayed away for ``give_up_after`` seconds.
         """
-        delay = FIRST_DELAY
+        delay, start = FIRST_DELAY, time.monotonic()
         while True:
             try:
                 result = method(*args, **kwargs)
             except Exception as err:
                 if not dropped_connection(err):
                     raise
-                down = self.failed(err)
+                # The longer of the outage (any thread) and this call's own wait: a heartbeat
+                # that gets through does not let a call that keeps failing retry forever.
+                down = max(self.failed(err), time.monotonic() - start)
                 if down >= self.give_up_after:
                     raise StorageUnavailable(
                         f"storage {self.name} unreachable for {down:.0f} s (--storage-timeout "
@@ -198,7 +207,22 @@ class ReconnectingStorage(BaseStorage, BaseHeartbeat):
     def set_trial_state_values(
         self, trial_id: int, state: TrialState, values: Sequence[float] | None = None
     ) -> bool:
-        return self._call(self.inner.set_trial_state_values, trial_id, state, values)
+        """Also when a try's reply was lost after the database committed it: then the next try
+        finds the trial finished already, in the state asked for, and that counts as done."""
+        tried = False
+
+        def attempt() -> bool:
+            nonlocal tried
+            try:
+                return self.inner.set_trial_state_values(trial_id, state, values)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                if tried and self.inner.get_trial(trial_id).state == state:
+                    return True
+                raise
+            finally:
+                tried = True
+
+        return self._call(attempt)
 
     def set_trial_intermediate_value(
         self, trial_id: int, step: int, intermediate_value: float
@@ -247,16 +271,30 @@ class ReconnectingStorage(BaseStorage, BaseHeartbeat):
             self._outage.succeeded()
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        """The running trials whose heartbeats stopped; each records why it is about to fail."""
+        """The running trials whose heartbeats stopped, and those no worker ever took up.
+
+        The second kind is what a retried write can leave when the database committed a try whose
+        reply was lost (a trial created, or taken from the queue, twice): RUNNING without a
+        heartbeat, it would never fail. No worker took it up when, a grace period plus a minute
+        after it started (room for clocks apart), it still has no ``worker`` attribute (the
+        first thing every trial records). Each records why it is about to fail.
+        """
         stale = self._call(self.inner._get_stale_trial_ids, study_id)
+        grace = self.inner.grace_period or 0
+        cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace + 60)
+        for trial in self._call(self.inner.get_all_trials, study_id, False, (TrialState.RUNNING,)):
+            started = trial.datetime_start
+            if WORKER not in trial.user_attrs and started is not None and started < cutoff:
+                number = trial.number
+                get_id = self.inner.get_trial_id_from_study_id_trial_number
+                stale.append(self._call(get_id, study_id, number))
         reason = (
-            f"its worker sent no heartbeat for {self.inner.grace_period} s (killed, or cut off "
-            "from the database): FAIL, and queued again"
+            f"no heartbeat from its worker for {grace} s (killed, or cut off from the database)"
         )
-        for trial_id in stale:
+        for trial_id in sorted(set(stale)):
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 self._call(self.inner.set_trial_user_attr, trial_id, FAIL_REASON, reason)
-        return stale
+        return sorted(set(stale))
 
     def get_heartbeat_interval(self) -> int | None:
         return self.inner.get_heartbeat_interval()

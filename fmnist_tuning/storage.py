@@ -77,7 +77,16 @@ def open_storage(
         else:
             kwargs["pool_pre_ping"] = True  # replace pooled connections the server closed
             if url.startswith("postgresql"):
-                kwargs["connect_args"] = {"connect_timeout": 10}  # a silent host: fail, retry
+                # A host that goes silent (a partition, a dead server) drops the connection in
+                # about 30 s instead of hanging a call for TCP's 15 minutes; then it is retried.
+                kwargs["connect_args"] = {
+                    "connect_timeout": 10,
+                    "keepalives": 1,
+                    "keepalives_idle": 10,
+                    "keepalives_interval": 5,
+                    "keepalives_count": 3,
+                    "tcp_user_timeout": 30_000,  # ms of unacknowledged data
+                }
         heartbeat: dict[str, Any] = {}
         if heartbeat_interval is not None:
             heartbeat = {

@@ -186,9 +186,9 @@ def check(study: optuna.Study, run: RunConfig, killed: list[int]) -> dict[str, A
             problems.append(f"trial {t.number} has no TensorBoard run")
     best = study.best_trial
     store = Path(run.output_dir / "artifacts")
-    if not Path(best.user_attrs[CHECKPOINT]).is_file():
+    if not Path(best.user_attrs.get(CHECKPOINT, "")).is_file():
         problems.append(f"the best trial {best.number} has no checkpoint")
-    if not (store / best.user_attrs[CHECKPOINT_ARTIFACT]).is_file():
+    if not (store / best.user_attrs.get(CHECKPOINT_ARTIFACT, "-")).is_file():
         problems.append(f"the best trial {best.number} has no copy in the artifact store")
     return {
         "finished": len(finished),

@@ -262,6 +262,8 @@ def test_stored_trials_from_another_search_space_exit_2(
         "not-a-url",
         "nosuchdialect://host/db",
         "postgresql+psycopg://user:s3cret@127.0.0.1:1/nowhere",
+        # A server that answers and refuses the database: at once, not after --storage-timeout.
+        "postgresql+psycopg://postgres:s3cret@127.0.0.1:5432/no_such_database",
         "journal:/no/such/folder/study.log",
     ],
 )
