@@ -25,6 +25,7 @@ from fmnist_tuning.faults import Interrupted, NonFiniteLoss, defer_interrupts, r
 from fmnist_tuning.keys import CLAIM_LOCK, WORKER
 from fmnist_tuning.objective import Objective, prune_checkpoints
 from fmnist_tuning.progress import FINISHED, count_states, finished, log_trial
+from fmnist_tuning.reconnect import raise_storage_unavailable
 from fmnist_tuning.runtime import release_memory, spare_long_lived_objects
 from fmnist_tuning.storage import MAX_RETRY, journal_path
 
@@ -216,6 +217,9 @@ def optimize(
                             )
                         except optuna.exceptions.UpdateFinishedTrialError:
                             log.warning("a trial here missed its heartbeats and was failed")
+                        except Exception as err:
+                            raise_storage_unavailable(err)
+                            raise
                         continue
                 if done >= total or not running or not heartbeats:
                     break

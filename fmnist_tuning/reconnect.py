@@ -48,6 +48,20 @@ class StorageUnavailable(StudyError):
 REJECTIONS = ("password authentication failed", "does not exist", "no pg_hba.conf entry")
 
 
+def raise_storage_unavailable(err: BaseException) -> None:
+    """Raises the :class:`StorageUnavailable` that ``err`` hides, if it hides one.
+
+    When both the tell at the end of a trial and the read after it fail, Optuna 5.0's
+    ``_run_trial`` raises an ``UnboundLocalError`` from its ``finally`` block, with ours as its
+    context: the worker must still end with our one line, not a traceback.
+    """
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, StorageUnavailable):
+            raise seen from None
+        seen = seen.__cause__ or seen.__context__
+
+
 def dropped_connection(err: BaseException) -> bool:
     """Whether ``err`` (or what caused it: Optuna wraps SQLAlchemy errors) is a lost connection."""
     if any(words in str(err.__cause__ or err) for words in REJECTIONS):

@@ -23,6 +23,7 @@ from fmnist_tuning.cli import main
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.keys import CHECKPOINT_DIR, RUN_SETTINGS
 from fmnist_tuning.loop import optimize
+from fmnist_tuning.reconnect import StorageUnavailable
 from fmnist_tuning.study import load_or_create, run_settings
 from tests.conftest import VAL_SIZE
 from tests.processes import FINISHED, Tune, started, tune_args, wait_for
@@ -335,3 +336,30 @@ def test_journal_storage_on_a_shared_file_runs_the_study(
     )
     trials = optuna.load_study(study_name="fmnist-mlp", storage=storage).trials
     assert sum(t.state in FINISHED for t in trials) == 2
+
+
+def test_storage_lost_at_a_trials_last_write_ends_the_loop_with_storage_unavailable(
+    run_config: RunConfig,
+) -> None:
+    """Optuna 5.0's trial runner hides this error behind an UnboundLocalError; the loop must not."""
+
+    class LostAtTheTell(optuna.storages.InMemoryStorage):
+        down = False
+
+        def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None):  # type: ignore[no-untyped-def]
+            if state.is_finished():
+                self.down = True
+            if self.down:
+                raise StorageUnavailable("storage test unreachable for 4 s")
+            return super().set_trial_state_values(trial_id, state, values)
+
+        def get_trial(self, trial_id: int):  # type: ignore[no-untyped-def]
+            if self.down:
+                raise StorageUnavailable("storage test unreachable for 4 s")
+            return super().get_trial(trial_id)
+
+    study = optuna.create_study(storage=LostAtTheTell(), direction="maximize")
+    study.enqueue_trial(GOOD)
+    run_config.output_dir.mkdir(parents=True)
+    with pytest.raises(StorageUnavailable, match="unreachable"):
+        optimize(study, run_config)
