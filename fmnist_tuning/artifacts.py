@@ -28,7 +28,7 @@ from optuna.artifacts import (
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.errors import SettingsError
+from fmnist_tuning.errors import SettingsError, first_line
 
 ARTIFACTS_DIR = "artifacts"  # the default store's folder in the output dir
 BUCKETS = {"s3": (Boto3ArtifactStore, "boto3"), "gs": (GCSArtifactStore, "google-cloud-storage")}
@@ -68,10 +68,9 @@ def open_store(run: RunConfig) -> Any:
         store.write(probe, io.BytesIO(b"ok"))
         store.remove(probe)
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise SettingsError(
-            f"--artifact-store {location} cannot be written ({reason[:200]}); check the bucket "
-            "name and the credentials"
+            f"--artifact-store {location} cannot be written ({first_line(err, 200)}); check "
+            "the bucket name and the credentials"
         ) from None
     return store
 

@@ -26,3 +26,10 @@ class StudyError(TuningError, ValueError):
 
 class NoResultError(TuningError):
     """The study ended without a completed trial, so there is no best configuration to return."""
+
+
+def first_line(err: BaseException, limit: int | None = None) -> str:
+    """The first line of an error's message (its type's name when it has none), for one-line
+    messages; cut to ``limit`` characters when given."""
+    lines = str(err).strip().splitlines()
+    return (lines[0] if lines else type(err).__name__)[:limit]

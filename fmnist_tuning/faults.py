@@ -136,8 +136,9 @@ def exit_at_second_signal() -> None:
     """Process-wide, for command-line entry points: a second SIGINT/SIGTERM ends the process.
 
     The first one still ends the running trial as FAIL and stops the study; a second one (at
-    least :data:`REPEAT_GAP` later), when that takes too long (a database that does not answer), exits at once with 128 + the signal,
-    leaving the running trial RUNNING until its heartbeat lapses. (In a notebook the second one
+    least :data:`REPEAT_GAP` later), when that takes too long (a database that does not answer),
+    exits at once with 128 + the signal, leaving the running trial RUNNING until its heartbeat
+    lapses. (In a notebook the second one
     raises :class:`Interrupted` instead, so that the kernel survives.)
     """
     _State.exit_at_second = True

@@ -16,7 +16,7 @@ import datetime
 import logging
 import threading
 import time
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import optuna
@@ -27,7 +27,7 @@ from optuna.storages._heartbeat import BaseHeartbeat  # the heartbeat interface;
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from fmnist_tuning.errors import StudyError
+from fmnist_tuning.errors import StudyError, first_line
 from fmnist_tuning.faults import raise_if_interrupted
 from fmnist_tuning.keys import FAIL_REASON, WORKER
 
@@ -55,25 +55,28 @@ def raise_storage_unavailable(err: BaseException) -> None:
     ``_run_trial`` raises an ``UnboundLocalError`` from its ``finally`` block, with ours as its
     context: the worker must still end with our one line, not a traceback.
     """
-    seen: BaseException | None = err
-    while seen is not None:
+    for seen in _chain(err):
         if isinstance(seen, StorageUnavailable):
             raise seen from None
-        seen = seen.__cause__ or seen.__context__
 
 
 def dropped_connection(err: BaseException) -> bool:
     """Whether ``err`` (or what caused it: Optuna wraps SQLAlchemy errors) is a lost connection."""
     if any(words in str(err.__cause__ or err) for words in REJECTIONS):
         return False
+    return any(
+        isinstance(seen, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError))
+        or (isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated)
+        for seen in _chain(err)
+    )
+
+
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    """``err`` and what caused it, outwards in: Optuna and SQLAlchemy wrap the driver's errors."""
     seen: BaseException | None = err
     while seen is not None:
-        if isinstance(seen, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
-            return True
-        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
-            return True
+        yield seen
         seen = seen.__cause__ or seen.__context__
-    return False
 
 
 class Outage:
@@ -130,11 +133,10 @@ class Outage:
         with self._lock:
             if self._down_since is None:
                 self._down_since = now
-                cause = str(err.__cause__ or err).strip().splitlines()
                 log.warning(
                     "storage %s: connection lost (%s); retrying for up to %g s",
                     self.name,
-                    cause[0][:160] if cause else type(err).__name__,
+                    first_line(err.__cause__ or err, 160),
                     self.give_up_after,
                 )
             return now - self._down_since
@@ -299,9 +301,8 @@ class ReconnectingStorage(BaseStorage, BaseHeartbeat):
         for trial in self._call(self.inner.get_all_trials, study_id, False, (TrialState.RUNNING,)):
             started = trial.datetime_start
             if WORKER not in trial.user_attrs and started is not None and started < cutoff:
-                number = trial.number
                 get_id = self.inner.get_trial_id_from_study_id_trial_number
-                stale.append(self._call(get_id, study_id, number))
+                stale.append(self._call(get_id, study_id, trial.number))
         reason = (
             f"no heartbeat from its worker for {grace} s (killed, or cut off from the database)"
         )

@@ -15,7 +15,7 @@ from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.engine import make_url
 
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.errors import StudyError
+from fmnist_tuning.errors import StudyError, first_line
 from fmnist_tuning.reconnect import Outage, ReconnectingStorage
 
 JOURNAL_PREFIX = "journal:"  # journal:PATH, an Optuna JournalFileBackend log on a shared disk
@@ -104,7 +104,7 @@ def open_storage(
     except StudyError:
         raise
     except Exception as err:
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         if "compatible with the table schema" in reason:  # Optuna's words, with their fix
             raise StudyError(f"storage {redact(url)}: {reason}") from None
         raise StudyError(
