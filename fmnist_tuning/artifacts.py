@@ -56,23 +56,29 @@ def open_store(run: RunConfig) -> Any:
         )
     kind, package = BUCKETS[scheme]
     try:
-        store = kind(bucket.strip("/"))
+        return kind(bucket.strip("/"))
     except ImportError:
         raise SettingsError(
             f"--artifact-store {location} needs {package}: pip install {package}"
         ) from None
-    # Credentials and bucket are checked now, with a small file written and removed, not after
-    # the first trial has trained.
+
+
+def check_writable(store: Any, run: RunConfig) -> None:
+    """Writes and removes a small file: a wrong bucket or missing credentials show now, once per
+    process that trains, not after its first trial (readers never write to the store).
+
+    Raises:
+        SettingsError: The store cannot be written.
+    """
     probe = f"fmnist-tuning-probe-{uuid.uuid4().hex}"
     try:
         store.write(probe, io.BytesIO(b"ok"))
         store.remove(probe)
     except Exception as err:
         raise SettingsError(
-            f"--artifact-store {location} cannot be written ({first_line(err, 200)}); check "
-            "the bucket name and the credentials"
+            f"--artifact-store {store_location(run)} cannot be written ({first_line(err, 200)}); "
+            "check the bucket name and the credentials"
         ) from None
-    return store
 
 
 def upload(store: Any, path: Path, owner: optuna.Trial | optuna.Study) -> str:

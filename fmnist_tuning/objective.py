@@ -103,6 +103,7 @@ class Objective:
         self.extra_callbacks = list(extra_callbacks)
         self.trainer_overrides = trainer_overrides or {}
         self.store = artifacts.open_store(run)
+        artifacts.check_writable(self.store, run)
 
     def __call__(self, trial: optuna.Trial) -> float:
         run = self.run
