@@ -28,7 +28,7 @@ from fmnist_tuning.config import RunConfig
 from fmnist_tuning.errors import NoResultError, StudyError
 from fmnist_tuning.keys import CHECKPOINT, RUN_SETTINGS
 from fmnist_tuning.progress import configure_logging, summarize
-from fmnist_tuning.report import stored_result
+from fmnist_tuning.results import stored_result
 from fmnist_tuning.search_space import TrialConfig, suggest_config
 from fmnist_tuning.settings import make_config
 from fmnist_tuning.storage import load_existing, redact
@@ -171,6 +171,8 @@ def run_study(config: RunConfig) -> tuple[optuna.Study, dict[str, Any]]:
             raw.download(config.data_dir)  # no-op when the files are there
             data = raw.load_raw(config.data_dir)  # decode and validate now, before any output
             raw.check_val_size(data, config.val_size)
+            if config.test:
+                raw.load_test(config.data_dir)  # the final model's test pass must not fail late
             the_study = study.load_or_create(config)
             config.output_dir.mkdir(parents=True, exist_ok=True)
             first = study.reserve_worker_slots(the_study, config.workers)
@@ -242,7 +244,7 @@ def _result(study: optuna.Study, config: RunConfig, trial: int | None = None) ->
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise NoResultError(f"{summarize(study)}: no complete trial yet")
     best = study.best_trial if trial is None else study.get_trials(deepcopy=False)[trial]
-    final = stored_result(study, best.number)
+    final = stored_result(study, best.number) if config.test else None  # --no-test: not shown
     if final is not None:
         from fmnist_tuning.artifacts import open_store
         from fmnist_tuning.final import local_model

@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="test the best trial's own checkpoint instead of retraining it on all 60k images",
     )
     p.add_argument(
+        "--no-test",
+        dest="test",
+        action="store_false",
+        help="finish without a final model or a test pass (for comparisons): not scored",
+    )
+    p.add_argument(
         "--no-warm-start",
         dest="warm_start",
         action="store_false",
@@ -166,11 +172,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         except TuningError as err:
             print(f"fmnist-tune: error: {err}", file=sys.stderr)
             return EXIT_USAGE
+    test = "not scored" if result.test_acc is None else f"{result.test_acc:.4f}"
     log.info(
-        "best trial %d: val_acc=%.4f test_acc=%.4f → %s",
+        "best trial %d: val_acc=%.4f test_acc=%s → %s",
         result.trial,
         result.val_acc,
-        result.test_acc,
+        test,
         config.output_dir / BEST_JSON,
     )
     return EXIT_OK

@@ -34,6 +34,7 @@ class RunConfig:
     progress: bool = False  # per-epoch progress bars (off: one log line per trial)
     warm_start: bool = True  # a new study's first trial is search_space.DEFAULT_PARAMS
     retrain: bool = True  # final model: the best configuration retrained on all 60k images
+    test: bool = True  # make and score the final model; False: no final model, no test pass
     workers: int = 1  # worker processes on this machine sharing the study (1: run in this process)
     heartbeat_interval: int = 10  # seconds between a running trial's heartbeats (SQL storages)
     grace_period: int | None = None  # seconds without one before a trial is FAIL; None: 3 beats

@@ -14,7 +14,14 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from fmnist_tuning.raw import IMAGE_SIDE, RawFashionMNIST, check_val_size, download, load_raw
+from fmnist_tuning.raw import (
+    IMAGE_SIDE,
+    RawFashionMNIST,
+    check_val_size,
+    download,
+    load_raw,
+    load_test,
+)
 
 
 class TensorBatches:
@@ -199,9 +206,9 @@ class FashionMNISTDataModule(pl.LightningDataModule):
             self.splits = self._shared_splits()
         if stage in (None, "test", "predict"):
             stats = self._shared_splits()  # the test set is normalised with the training stats
-            raw = load_raw(self.data_dir)
-            self.test_x = raw.test_x.to(stats.images.device)
-            self.test_y = raw.test_y.to(stats.images.device)
+            test_x, test_y = load_test(self.data_dir)
+            self.test_x = test_x.to(stats.images.device)
+            self.test_y = test_y.to(stats.images.device)
             self._test_stats = (stats.mean, stats.std)
 
     def train_dataloader(self) -> TensorBatches:

@@ -14,7 +14,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import math
 import socket
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,9 @@ import optuna
 import torch
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
+from scipy.stats import binomtest
 
-from fmnist_tuning import artifacts
+from fmnist_tuning import artifacts, locks
 from fmnist_tuning.callbacks import StopAfterEpochs
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.data import FashionMNISTDataModule
@@ -37,13 +37,13 @@ from fmnist_tuning.keys import (
     CHECKPOINT_ARTIFACT,
     CHECKPOINT_DIR,
     EPOCHS,
-    FINAL_MODELS,
     WORKER,
     trial_name,
 )
 from fmnist_tuning.model import FashionMNISTClassifier
 from fmnist_tuning.objective import checkpoint_path, prune_checkpoints
-from fmnist_tuning.raw import N_CLASSES, load_raw
+from fmnist_tuning.raw import N_CLASSES, load_test
+from fmnist_tuning.results import model_key, set_current, store_model, stored_model
 from fmnist_tuning.search_space import TrialConfig, suggest_config
 from fmnist_tuning.storage import redact
 from fmnist_tuning.trainer import build_datamodule, build_module, build_trainer
@@ -51,11 +51,6 @@ from fmnist_tuning.trainer import build_datamodule, build_module, build_trainer
 log = logging.getLogger(__name__)
 
 N_CONFUSED = 24  # the most confident mistakes kept for the report
-
-
-def model_key(trial: int, retrained: bool) -> str:
-    """The name of a final model in the study's ``final_models`` attribute."""
-    return f"trial {trial} {'retrained on all training images' if retrained else 'checkpoint'}"
 
 
 def final_path(output_dir: Path, trial: int) -> Path:
@@ -90,15 +85,10 @@ def retrain_full(config: TrialConfig, run: RunConfig, epochs: int, path: Path, s
     return path
 
 
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of an accuracy of ``correct`` out of ``n`` (95 % for z = 1.96)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    low = 0.0 if correct == 0 else max(0.0, centre - half)  # exact at the ends (no rounding)
-    return low, 1.0 if correct == n else min(1.0, centre + half)
+def wilson_interval(correct: int, n: int) -> tuple[float, float]:
+    """The 95 % Wilson score interval of an accuracy of ``correct`` out of ``n`` images."""
+    interval = binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(interval.low), float(interval.high)
 
 
 def score_on_test(model: Path, run: RunConfig) -> dict[str, Any]:
@@ -116,7 +106,7 @@ def score_on_test(model: Path, run: RunConfig) -> dict[str, Any]:
     batches = build_trainer(run).predict(module, datamodule=datamodule)
     assert batches is not None
     probs = torch.cat([torch.as_tensor(b) for b in batches]).float().cpu()
-    labels = load_raw(run.data_dir).test_y
+    labels = load_test(run.data_dir)[1]
     confidence, predicted = probs.max(dim=1)
     confusion = torch.bincount(labels * N_CLASSES + predicted, minlength=N_CLASSES**2)
     confusion = confusion.view(N_CLASSES, N_CLASSES)
@@ -178,52 +168,76 @@ def _final_model(
 ) -> dict[str, Any]:
     """The stored result of the best trial's final model; trains and scores it the first time.
 
-    Either way it becomes the study's ``current`` final model.
+    Once per study, across machines: the model is made under the study's ``final`` lock (see
+    :func:`fmnist_tuning.locks.study_lock`), and whoever takes the lock reads the stored results
+    again first, so a machine that waited for another uses that machine's model. A holder that
+    dies frees the lock and the next machine in line makes the model. Either way it becomes the
+    study's current final model.
     """
     key = model_key(best.number, run.retrain)
-    stored: dict[str, Any] = study.user_attrs.get(FINAL_MODELS, {})
-    models: dict[str, Any] = dict(stored.get("models", {}))
-    if key in models:  # this final model was scored already: never twice
-        if stored.get("current") != key:
-            study.set_user_attr(FINAL_MODELS, {"current": key, "models": models})
-        return dict(models[key])
-    checkpoint = _trial_checkpoint(best, run, store)
-    epochs = best_epoch(best)
-    model = checkpoint
-    if run.retrain:
-        log.info(
-            "retraining trial %d's configuration on all training images: %d epochs of a %d-epoch "
-            "schedule, as the trial's best checkpoint",
-            best.number,
-            epochs,
-            run.max_epochs,
-        )
-        config = suggest_config(optuna.trial.FixedTrial(best.params))
-        path = final_path(run.output_dir, best.number)
-        model = retrain_full(config, run, epochs, path, seed=run.seed + best.number)
-    artifact = (
-        artifacts.upload(store, model, study)
-        if run.retrain
-        else best.user_attrs.get(CHECKPOINT_ARTIFACT)
-    )
+    stored = stored_model(study, key)
+    if stored is None:
+        lock = locks.study_lock(run.storage_url, study.study_name, "final", run.output_dir)
+        locks.hold(lock, "another process of this study is making its final model: waiting")
+        try:  # made while this process waited? else this process makes it
+            stored = stored_model(study, key) or _make_and_score(study, best, run, store, lock)
+        finally:
+            lock.release()
+    set_current(study, key)
+    return stored
+
+
+def _make_and_score(
+    study: optuna.Study, best: FrozenTrial, run: RunConfig, store: Any, lock: locks.Lock
+) -> dict[str, Any]:
+    """Makes the final model, scores it on the test set and stores the result, holding ``lock``."""
+    key = model_key(best.number, run.retrain)
+    model, epochs = _make_model(best, run, store)
+    while not lock.held():  # the database dropped the lock's connection meanwhile
+        locks.hold(lock, "the final model's lock was lost: waiting to take it again")
+        if (stored := stored_model(study, key)) is not None:
+            return stored  # another process made and scored it meanwhile: never score twice
     log.info("scoring trial %d's final model on the official test set (once)", best.number)
     result = {
         "trial": best.number,
         "retrained": run.retrain,
         "model": str(model.resolve()),
-        "model_artifact": artifact,  # the same file in the artifact store, for other machines
+        "model_artifact": artifacts.upload(store, model, study)  # for other machines
+        if run.retrain
+        else best.user_attrs.get(CHECKPOINT_ARTIFACT),
         "epochs": epochs,  # the checkpoint's epoch, and the epochs the retrain trains
         "schedule_epochs": run.max_epochs,
         **score_on_test(model, run),
         "scored_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
-    models[key] = result
-    study.set_user_attr(FINAL_MODELS, {"current": key, "models": models})
+    store_model(study, key, result)
     return result
+
+
+def _make_model(best: FrozenTrial, run: RunConfig, store: Any) -> tuple[Path, int]:
+    """The best trial's final model on this machine, and its epochs: the configuration retrained
+    on all 60k images, or with ``--no-retrain`` the trial's own checkpoint."""
+    checkpoint = _trial_checkpoint(best, run, store)
+    epochs = best_epoch(best)
+    if not run.retrain:
+        return checkpoint, epochs
+    log.info(
+        "retraining trial %d's configuration on all training images: %d epochs of a %d-epoch "
+        "schedule, as the trial's best checkpoint",
+        best.number,
+        epochs,
+        run.max_epochs,
+    )
+    config = suggest_config(optuna.trial.FixedTrial(best.params))
+    path = final_path(run.output_dir, best.number)
+    return retrain_full(config, run, epochs, path, seed=run.seed + best.number), epochs
 
 
 def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
     """Makes the best trial's final model (once), stores its test score, writes ``best.json``.
+
+    With ``run.test`` false there is no final model and no test pass: ``best.json`` describes the
+    best trial and its own checkpoint, and says the test set was not scored.
 
     Returns:
         The ``best.json`` content, or ``None`` when the study has no complete trial yet.
@@ -236,8 +250,13 @@ def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
         return None
     best = study.best_trial
     store = artifacts.open_store(run)
-    final = _final_model(study, best, run, store)
-    model = local_model(final, run, store)
+    if run.test:
+        final = _final_model(study, best, run, store)
+        model = local_model(final, run, store)
+    else:
+        final = {"retrained": False, "schedule_epochs": run.max_epochs}
+        final["model_artifact"] = best.user_attrs.get(CHECKPOINT_ARTIFACT)
+        model = _trial_checkpoint(best, run, store)
     prune_checkpoints(study, run.output_dir, keep=best.number, store=store)
     states = [t.state for t in study.get_trials(deepcopy=False)]
     result = {
@@ -247,13 +266,14 @@ def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
         "params": best.params,
         "config": suggest_config(optuna.trial.FixedTrial(best.params)).flat(),
         "val_acc": best.value,
-        "test_acc": final["test_acc"],
-        "test_acc_ci95": final["test_acc_ci95"],
+        "test_set": "scored once" if run.test else "not scored (--no-test)",
+        "test_acc": final.get("test_acc"),
+        "test_acc_ci95": final.get("test_acc_ci95"),
         "epochs": best.user_attrs.get(EPOCHS),
         "best_epoch": best_epoch(best),
-        "final_epochs": final["epochs"],  # epochs the final model trained, of a schedule of
+        "final_epochs": final.get("epochs"),  # epochs the final model trained, of a schedule of
         "schedule_epochs": final["schedule_epochs"],  # this many (the study's --max-epochs)
-        "checkpoint": str(model),  # the model test_acc was measured on, on this machine
+        "checkpoint": str(model),  # the model test_acc is measured on, on this machine
         "model_artifact": final.get("model_artifact"),  # the same file in the artifact store
         "artifact_store": artifacts.store_location(run),
         "trial_checkpoint": best.user_attrs.get(CHECKPOINT),  # the trial's own best-epoch weights

@@ -25,7 +25,9 @@ FAIL_REASON = "fail_reason"  # why it failed (or was pruned) when not for its ac
 # Study user attributes.
 RUN_SETTINGS = "run_settings"  # what its values depend on, stored when the study is created
 WORKER_SLOTS = "worker_slots"  # worker processes started so far (each seeds its own sampler)
-FINAL_MODELS = "final_models"  # each final model's one test score, and the current one
+FINAL_MODEL = "final_model "  # + a final model's name: its one test score (results.model_key)
+FINAL_CURRENT = "final_current"  # the name of the final model the latest best.json describes
+FINAL_MODELS = "final_models"  # what earlier versions kept instead: {"current", "models"}
 
 # Files and folders in the output directory.
 BEST_JSON = "best.json"

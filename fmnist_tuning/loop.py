@@ -14,8 +14,6 @@ import math
 import os
 import socket
 import time
-from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -23,16 +21,12 @@ from optuna.trial import TrialState
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.faults import Interrupted, NonFiniteLoss, defer_interrupts, raise_if_interrupted
 from fmnist_tuning.keys import CLAIM_LOCK, WORKER
+from fmnist_tuning.locks import FileLock
 from fmnist_tuning.objective import Objective, prune_checkpoints
 from fmnist_tuning.progress import FINISHED, count_states, finished, log_trial
 from fmnist_tuning.reconnect import raise_storage_unavailable
 from fmnist_tuning.runtime import release_memory, spare_long_lived_objects
 from fmnist_tuning.storage import MAX_RETRY, journal_path
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; the total may then overshoot by a few trials
-    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -57,34 +51,10 @@ def trials_since_best(study: optuna.Study) -> int:
     return since
 
 
-class _ClaimLock:
-    """An advisory file lock: one process at a time counts the study's trials and starts one."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file: Any = None
-
-    def __enter__(self) -> _ClaimLock:
-        if fcntl is not None:
-            self._file = open(self.path, "a")  # held until release(), not a with-block
-            fcntl.flock(self._file, fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    def release(self) -> None:
-        """Lets the next process claim a trial (idempotent)."""
-        if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
-
-
 class _Runner:
     """What Optuna calls per trial: frees the claim, marks the trial with this worker, trains."""
 
-    def __init__(self, objective: Objective, claim: _ClaimLock) -> None:
+    def __init__(self, objective: Objective, claim: FileLock) -> None:
         self.objective = objective
         self.claim = claim
 
@@ -184,7 +154,7 @@ def optimize(
         lambda s, _: prune_checkpoints(s, run.output_dir, store=objective.store),
         release_memory,
     ]
-    claim = _ClaimLock(run.output_dir / CLAIM_LOCK)
+    claim = FileLock(run.output_dir / CLAIM_LOCK)
     runner = _Runner(objective, claim)
     heartbeats = journal_path(run.storage_url) is None
     total = math.inf if run.n_trials is None else run.n_trials

@@ -39,17 +39,19 @@ FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
+SPLIT_FILES = {split: (f"{split}_images", f"{split}_labels") for split in ("train", "test")}
 _IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # unsigned byte data, 3-D images / 1-D labels
 
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: a cache key of the splits
 class RawFashionMNIST:
-    """The decoded official splits, as uint8 images (N, 784) and int64 labels (N,)."""
+    """The decoded official training set, as uint8 images (N, 784) and int64 labels (N,).
+
+    The official test set is decoded apart, by :func:`load_test`, only where it is scored.
+    """
 
     train_x: torch.Tensor
     train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
 
 
 def _candidate_dirs(data_dir: Path) -> list[Path]:
@@ -57,13 +59,17 @@ def _candidate_dirs(data_dir: Path) -> list[Path]:
 
 
 def find_files(data_dir: str | Path) -> dict[str, Path] | None:
-    """Locates the four IDX files (``.gz`` or unpacked) in either supported layout.
+    """Locates the IDX files (``.gz`` or unpacked) in either supported layout.
+
+    The two training files must be there; the two test files may be absent (a run that never
+    scores the test set does without them), but not one without the other.
 
     Returns:
-        The paths by role, or ``None`` when no file of the dataset is present at all.
+        The paths by role (``test_*`` only when present), or ``None`` when no file of the dataset
+        is present at all.
 
     Raises:
-        DataError: Some but not all of the files are present.
+        DataError: Only part of the training files, or one test file without the other.
     """
     data_dir = Path(data_dir)
     for folder in _candidate_dirs(data_dir):
@@ -73,14 +79,18 @@ def find_files(data_dir: str | Path) -> dict[str, Path] | None:
                 if (folder / name).is_file():
                     found[role] = folder / name
                     break
-        if len(found) == len(FILES):
-            return found
-        if found:
-            missing = sorted(FILES[r] + ".gz" for r in FILES if r not in found)
+        if not found:
+            continue
+        missing = [r for r in SPLIT_FILES["train"] if r not in found]
+        if found.keys() & set(SPLIT_FILES["test"]):  # the test files: both or neither
+            missing += [r for r in SPLIT_FILES["test"] if r not in found]
+        if missing:
+            names = ", ".join(FILES[r] + ".gz" for r in missing)
             raise DataError(
-                f"{folder} has only part of Fashion-MNIST: missing {', '.join(missing)}; "
-                "copy the four original .gz files there or pass another --data-dir"
+                f"{folder} has only part of Fashion-MNIST: missing {names}; "
+                "copy the original .gz files there or pass another --data-dir"
             )
+        return found
     return None
 
 
@@ -110,42 +120,70 @@ def _read_idx(path: Path, ndim: int) -> torch.Tensor:
     return torch.frombuffer(payload, dtype=torch.uint8).view(*dims)
 
 
-def _decode(files: dict[str, Path]) -> RawFashionMNIST:
-    splits = {}
-    for split in ("train", "test"):
-        images = _read_idx(files[f"{split}_images"], 3)
-        labels = _read_idx(files[f"{split}_labels"], 1)
-        if images.shape[0] != labels.shape[0] or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
-            raise DataError(
-                f"{files[f'{split}_images']} holds {tuple(images.shape)} images for "
-                f"{labels.shape[0]} labels; replace both {split} files with the originals"
-            )
-        if labels.numel() and int(labels.max()) >= N_CLASSES:
-            raise DataError(f"{files[f'{split}_labels']} has labels outside 0-9; replace it")
-        splits[split] = (images.reshape(-1, N_FEATURES), labels.long())
-    return RawFashionMNIST(*splits["train"], *splits["test"])
+def _decode_pair(images_file: Path, labels_file: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split's images (N, 784) and labels, checked against each other."""
+    images = _read_idx(images_file, 3)
+    labels = _read_idx(labels_file, 1)
+    if images.shape[0] != labels.shape[0] or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+        raise DataError(
+            f"{images_file} holds {tuple(images.shape)} images for {labels.shape[0]} labels; "
+            f"replace both {images_file.name.split('-')[0]} files with the originals"
+        )
+    if labels.numel() and int(labels.max()) >= N_CLASSES:
+        raise DataError(f"{labels_file} has labels outside 0-9; replace it")
+    return images.reshape(-1, N_FEATURES), labels.long()
 
 
-_DECODED: dict[tuple[Path, ...], RawFashionMNIST] = {}
-
-
-def load_raw(data_dir: str | Path) -> RawFashionMNIST:
-    """Decodes the dataset in ``data_dir``, once per process (later calls return the cached tensors).
-
-    Raises:
-        DataError: The files are missing, partial or corrupt.
-    """
+def _files(data_dir: str | Path) -> dict[str, Path]:
     files = find_files(data_dir)
     if files is None:
         raise DataError(
             f"no Fashion-MNIST files in {Path(data_dir).resolve()}; pass --data-dir (or set "
             "FMNIST_DATA_DIR) to a folder holding the four original .gz files"
         )
-    key = tuple(sorted(p.resolve() for p in files.values()))
+    return files
+
+
+# Decoded splits by their resolved files: one training set and one test set per process.
+_DECODED: dict[tuple[Path, ...], RawFashionMNIST] = {}
+_DECODED_TEST: dict[tuple[Path, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def load_raw(data_dir: str | Path) -> RawFashionMNIST:
+    """Decodes the training set in ``data_dir``, once per process (later calls return the cache).
+
+    Raises:
+        DataError: The files are missing, partial or corrupt.
+    """
+    files = _files(data_dir)
+    key = tuple(files[role].resolve() for role in SPLIT_FILES["train"])
     if key not in _DECODED:
         _DECODED.clear()  # one dataset per process is all a study needs; do not keep stale copies
-        _DECODED[key] = _decode(files)
+        _DECODED[key] = RawFashionMNIST(*_decode_pair(*key))
     return _DECODED[key]
+
+
+def load_test(data_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decodes the official test set (images, labels) in ``data_dir``, once per process.
+
+    Only the final model's one test pass and the report's pictures of its mistakes read it.
+
+    Raises:
+        DataError: The test files are missing, partial or corrupt.
+    """
+    files = _files(data_dir)
+    if "test_images" not in files:
+        where = files["train_images"].parent
+        raise DataError(
+            f"{where} has no official test files ({FILES['test_images']}.gz, "
+            f"{FILES['test_labels']}.gz): the final model is scored on them; copy them there, "
+            "or pass --no-test to finish without a test score"
+        )
+    key = tuple(files[role].resolve() for role in SPLIT_FILES["test"])
+    if key not in _DECODED_TEST:
+        _DECODED_TEST.clear()
+        _DECODED_TEST[key] = _decode_pair(*key)
+    return _DECODED_TEST[key]
 
 
 def download(data_dir: str | Path) -> None:

@@ -23,9 +23,10 @@ from optuna.trial import FrozenTrial, TrialState
 from fmnist_tuning import plots
 from fmnist_tuning.errors import DataError
 from fmnist_tuning.files import write_atomic
-from fmnist_tuning.keys import EPOCHS, FINAL_MODELS, PLOTS_DIR, REPORT_HTML, RUN_SETTINGS
+from fmnist_tuning.keys import EPOCHS, PLOTS_DIR, REPORT_HTML, RUN_SETTINGS
 from fmnist_tuning.progress import count_states, format_duration, wall_time
-from fmnist_tuning.raw import CLASS_NAMES, N_CLASSES, load_raw
+from fmnist_tuning.raw import CLASS_NAMES, N_CLASSES, load_test
+from fmnist_tuning.results import stored_result
 from fmnist_tuning.storage import redact
 
 log = logging.getLogger(__name__)
@@ -35,17 +36,6 @@ MISTAKES_PNG = "confused_test_images.png"  # in plots/
 _ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, keep_trailing_newline=True
 )
-
-
-def stored_result(study: optuna.Study, trial: int) -> dict[str, Any] | None:
-    """The stored test result of the study's current final model, if it is ``trial``'s.
-
-    The current one is the model the latest ``best.json`` describes; None before the best trial
-    has a final model (the study still runs, or was interrupted before its end).
-    """
-    stored: dict[str, Any] = study.user_attrs.get(FINAL_MODELS, {})
-    result: dict[str, Any] | None = stored.get("models", {}).get(stored.get("current"))
-    return result if result is not None and result["trial"] == trial else None
 
 
 def _version() -> str:
@@ -110,7 +100,7 @@ def _summary(study: optuna.Study, storage_url: str) -> list[tuple[str, Any]]:
 def _best(best: FrozenTrial | None, result: dict[str, Any] | None) -> dict[str, Any] | None:
     if best is None or best.value is None:
         return None
-    test = _score(result) if result else "not scored yet (when the study ends)"
+    test = _score(result) if result else "not scored (no final model yet)"
     rows: list[tuple[str, Any]] = [
         ("trial", best.number),
         ("validation accuracy", f"{best.value:.4f}"),
@@ -125,8 +115,8 @@ def _test(result: dict[str, Any] | None, data_dir: Path | None) -> dict[str, Any
     """The final model's stored test result, laid out for the page."""
     if result is None:
         return {
-            "skipped": "No final model of the best trial yet: it is made and scored once, when "
-            "the study ends."
+            "skipped": "Not scored: the best trial has no final model yet. It is made and scored "
+            "once, when a run of the study ends without --no-test."
         }
     matrix: list[list[int]] = result["confusion"]
     peak = max(max(row) for row in matrix) or 1
@@ -151,7 +141,7 @@ def _test(result: dict[str, Any] | None, data_dir: Path | None) -> dict[str, Any
         grid_note = "Test images not shown: no data folder known; pass --data-dir."
     elif result["confused"] and data_dir is not None:
         try:
-            images = load_raw(data_dir).test_x
+            images = load_test(data_dir)[0]
             if len(images) != result["n_images"]:
                 raise DataError(
                     f"{data_dir} holds {len(images)} test images, the final model was scored on "

@@ -102,7 +102,7 @@ def check(config: RunConfig) -> None:
             raise SettingsError(
                 f"{_name(field)}: unknown choice {value!r}; choose one of {', '.join(choices)}"
             )
-    for switch in ("progress", "warm_start", "retrain"):
+    for switch in ("progress", "warm_start", "retrain", "test"):
         if not isinstance(getattr(config, switch), bool):
             raise SettingsError(
                 f"{switch}: expected True or False, got {getattr(config, switch)!r}"

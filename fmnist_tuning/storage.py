@@ -39,6 +39,26 @@ def journal_path(url: str) -> Path | None:
     return Path(rest[2:] if rest.startswith("//") else rest)
 
 
+def engine_options(url: str) -> dict[str, Any]:
+    """SQLAlchemy engine options for the database at ``url``: patient with SQLite's other
+    writers, quick to notice a database server that went away."""
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}  # wait for other writers, do not fail
+    options: dict[str, Any] = {"pool_pre_ping": True}  # replace pooled connections it closed
+    if url.startswith("postgresql"):
+        # A host that goes silent (a partition, a dead server) drops the connection in about
+        # 30 s instead of hanging a call for TCP's 15 minutes; then it is retried.
+        options["connect_args"] = {
+            "connect_timeout": 10,
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 30_000,  # ms of unacknowledged data
+        }
+    return options
+
+
 def open_storage(
     url: str,
     heartbeat_interval: int | None = None,
@@ -70,23 +90,8 @@ def open_storage(
             if journal.is_dir() or not journal.name:
                 raise IsADirectoryError(f"{journal} is a folder; name a file, e.g. study.log")
             return optuna.storages.JournalStorage(JournalFileBackend(str(journal)))
-        kwargs: dict[str, Any] = {}
+        kwargs = engine_options(url)
         server = not url.startswith("sqlite")
-        if not server:
-            kwargs["connect_args"] = {"timeout": 60}  # wait for other writers, do not fail
-        else:
-            kwargs["pool_pre_ping"] = True  # replace pooled connections the server closed
-            if url.startswith("postgresql"):
-                # A host that goes silent (a partition, a dead server) drops the connection in
-                # about 30 s instead of hanging a call for TCP's 15 minutes; then it is retried.
-                kwargs["connect_args"] = {
-                    "connect_timeout": 10,
-                    "keepalives": 1,
-                    "keepalives_idle": 10,
-                    "keepalives_interval": 5,
-                    "keepalives_count": 3,
-                    "tcp_user_timeout": 30_000,  # ms of unacknowledged data
-                }
         heartbeat: dict[str, Any] = {}
         if heartbeat_interval is not None:
             heartbeat = {

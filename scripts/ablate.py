@@ -42,6 +42,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
     "no_flip": {"FLIP": False},
     "no_smoothing": {"LABEL_SMOOTHING": 0.0},
+    "smoothing_0.05": {"LABEL_SMOOTHING": 0.05},
+    "smoothing_0.2": {"LABEL_SMOOTHING": 0.2},
     "no_onecycle": {"SCHEDULER": "none"},
 }
 FIELDS = ("variant", "seed", "max_epochs", "best_val_acc", "best_epoch", "last_val_acc", "seconds")

@@ -68,6 +68,7 @@ def fake_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _fresh_caches() -> None:
     """Each test sees cold process caches, as a new process would."""
     raw._DECODED.clear()
+    raw._DECODED_TEST.clear()
     data._SPLITS.clear()
 
 

@@ -57,9 +57,8 @@ def test_tune_returns_the_study_its_best_trial_and_the_stored_test_score(finishe
 
 @pytest.mark.integration
 def test_predict_agrees_with_the_stored_test_accuracy(finished: Any) -> None:
-    data = raw.load_raw(finished.config.data_dir)
-    labels = data.test_y.long()
-    for images in (data.test_x, data.test_x.reshape(-1, 784), data.test_x.float() / 255):
+    test_x, labels = raw.load_test(finished.config.data_dir)
+    for images in (test_x, test_x.reshape(-1, 784), test_x.float() / 255):
         predicted = finished.predict(images)
         assert predicted.shape == labels.shape
         assert (predicted == labels).float().mean().item() == pytest.approx(finished.test_acc)

@@ -11,7 +11,7 @@ import torch
 from fmnist_tuning import data, raw
 from fmnist_tuning.data import FashionMNISTDataModule, TensorBatches, random_flip
 from fmnist_tuning.raw import DataError
-from tests.conftest import N_TEST, N_TRAIN, VAL_SIZE, synthetic_split
+from tests.conftest import N_TEST, N_TRAIN, VAL_SIZE, synthetic_split, write_idx
 
 
 def _setup(data_dir: Path, stage: str = "fit", seed: int = 0) -> FashionMNISTDataModule:
@@ -63,6 +63,27 @@ def test_normalised_with_training_split_statistics(fake_data_dir: Path) -> None:
     assert abs(train_x.mean().item()) < 1e-4
     assert abs(train_x.std().item() - 1) < 1e-3
     assert dm.splits is not None and 0 < dm.splits.mean < 1 and 0 < dm.splits.std < 1
+
+
+def test_normalisation_statistics_are_the_training_rows_alone(
+    fake_data_dir: Path, tmp_path: Path
+) -> None:
+    dm = _setup(fake_data_dir)
+    assert dm.splits is not None
+    train_x = raw.load_raw(fake_data_dir).train_x
+    assert (dm.splits.mean, dm.splits.std) == data.pixel_stats(train_x, dm.splits.train_idx)
+
+    # Other validation and test pixels (white and black), the same training rows: same statistics.
+    changed = tmp_path / "changed"
+    shutil.copytree(fake_data_dir, changed)
+    images, _ = synthetic_split(N_TRAIN, 1)
+    images.view(N_TRAIN, -1)[dm.splits.val_idx] = 255
+    write_idx(changed / "train-images-idx3-ubyte.gz", images)
+    write_idx(changed / "t10k-images-idx3-ubyte.gz", torch.zeros(N_TEST, 28, 28, dtype=torch.uint8))
+    other = _setup(changed).splits
+    assert other is not None and torch.equal(other.train_idx, dm.splits.train_idx)
+    assert (other.mean, other.std) == (dm.splits.mean, dm.splits.std)
+    assert data.pixel_stats(images.view(N_TRAIN, -1), torch.arange(N_TRAIN))[0] > other.mean
 
 
 def test_test_set_is_untouched_and_in_order(fake_data_dir: Path) -> None:
@@ -143,3 +164,14 @@ def test_batches_cover_every_sample_once_and_reshuffle_each_epoch() -> None:
 def test_eval_batches_keep_order() -> None:
     batches = _batches([5, 1, 7, 3, 0], shuffle=False)
     assert [b[1].tolist() for b in batches] == [[5, 1, 7, 3], [0]]
+
+
+def test_a_folder_without_the_test_files_serves_training_but_not_scoring(
+    fake_data_dir: Path, tmp_path: Path
+) -> None:
+    shutil.copytree(fake_data_dir, tmp_path / "d")
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (tmp_path / "d" / name).unlink()
+    assert raw.load_raw(tmp_path / "d").train_x.shape == (N_TRAIN, 784)
+    with pytest.raises(DataError, match="--no-test"):
+        raw.load_test(tmp_path / "d")

@@ -15,10 +15,10 @@ from lightning.pytorch.callbacks import Callback
 from fmnist_tuning import final
 from fmnist_tuning.cli import main
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.keys import FINAL_MODELS, REPORT_HTML
+from fmnist_tuning.keys import FINAL_MODEL, REPORT_HTML
 from fmnist_tuning.loop import optimize
 from fmnist_tuning.study import load_or_create
-from tests.conftest import N_TEST, load_script
+from tests.conftest import N_TEST, N_TRAIN, load_script
 from tests.processes import tune_args
 
 
@@ -42,6 +42,14 @@ class _Spy(Callback):
 
     def __init__(self, seen: dict[str, Any]) -> None:
         self.seen = seen
+        self.seen["rows"] = []  # training images per epoch
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if batch_idx == 0:
+            self.seen["rows"].append(0)
+        self.seen["rows"][-1] += len(batch[1])
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         (config,) = trainer.lr_scheduler_configs
@@ -78,6 +86,7 @@ def test_the_retrain_follows_the_trials_schedule_and_stops_at_its_best_epoch(
     assert seen["epochs"] == best == result["final_epochs"]  # stopped where the trial peaked
     assert seen["max_epochs"] == run.max_epochs == result["schedule_epochs"]
     assert seen["schedule_steps"] == run.max_epochs * seen["batches"]  # the trial's schedule length
+    assert seen["rows"] == [N_TRAIN] * best  # every training image, the validation ones too
 
 
 @pytest.mark.integration
@@ -108,10 +117,10 @@ def test_one_test_pass_per_final_model_across_tune_resume_report_and_no_retrain(
 
     best = json.loads((out / "best.json").read_text())
     assert best["retrained_on_full_train"] and best["checkpoint"] == str(passes[0].resolve())
-    stored = optuna.load_study(study_name="fmnist-mlp", storage=storage).user_attrs[FINAL_MODELS]
-    assert [
-        r["test_acc"] for r in stored["models"].values() if r["model"] == best["checkpoint"]
-    ] == [best["test_acc"]]
+    attrs = optuna.load_study(study_name="fmnist-mlp", storage=storage).user_attrs
+    stored = [v for k, v in attrs.items() if k.startswith(FINAL_MODEL)]
+    assert len(stored) == 2  # the retrained model and the trial's checkpoint, each scored once
+    assert [r["test_acc"] for r in stored if r["model"] == best["checkpoint"]] == [best["test_acc"]]
     correct = round(best["test_acc"] * N_TEST)
     assert correct / N_TEST == best["test_acc"]  # k of N images: 4 decimals are every digit
     page = (out / REPORT_HTML).read_text()

@@ -17,10 +17,11 @@ from fmnist_tuning import plots
 from fmnist_tuning.cli import main
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.final import score_on_test
-from fmnist_tuning.keys import FINAL_MODELS, REPORT_HTML, RUN_SETTINGS
+from fmnist_tuning.keys import FINAL_MODEL, REPORT_HTML, RUN_SETTINGS
 from fmnist_tuning.progress import log_trial
-from fmnist_tuning.raw import CLASS_NAMES, load_raw
+from fmnist_tuning.raw import CLASS_NAMES, load_test
 from fmnist_tuning.report import TEMPLATES, write_report
+from fmnist_tuning.results import stored_result
 from fmnist_tuning.search_space import TrialConfig, suggest_config
 from fmnist_tuning.trainer import build_datamodule, build_module, build_trainer
 from tests.conftest import N_TEST, VAL_SIZE, load_script
@@ -117,7 +118,10 @@ def test_report_has_confusion_matrix_per_class_accuracy_and_trials_table(study_r
 @pytest.mark.integration
 def test_the_stored_test_result_is_what_best_json_and_the_page_show(study_run: Path) -> None:
     best = json.loads((study_run / "best.json").read_text())
-    (result,) = _study(study_run).user_attrs[FINAL_MODELS]["models"].values()
+    study = _study(study_run)
+    (key,) = [k for k in study.user_attrs if k.startswith(FINAL_MODEL)]
+    result = stored_result(study, best["trial"])
+    assert result == study.user_attrs[key]
     assert result["test_acc"] == best["test_acc"] and result["model"] == best["checkpoint"]
     assert sum(map(sum, result["confusion"])) == result["n_images"] == N_TEST
     assert f"Accuracy {best['test_acc']:.4f} (" in _page(study_run)
@@ -140,7 +144,7 @@ def test_a_poor_model_scores_its_most_confident_mistakes(
     for k, row in enumerate(matrix):
         if sum(row):
             assert result["per_class"][k] == pytest.approx(row[k] / sum(row))
-    png = plots.mistakes_png(load_raw(run_config.data_dir).test_x, result["confused"])
+    png = plots.mistakes_png(load_test(run_config.data_dir)[0], result["confused"])
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -167,7 +171,7 @@ def test_contour_uses_two_parameters_that_vary_together(tmp_path: Path) -> None:
 def test_report_of_a_study_without_complete_trials_says_so(tmp_path: Path) -> None:
     study = _fake_study(n_complete=0, n_pruned=2)
     page = write_report(study, tmp_path, "sqlite:///study.db").read_text()
-    assert "No trial has completed yet" in page and "No final model of the best trial yet" in page
+    assert "No trial has completed yet" in page and "the best trial has no final model yet" in page
     assert "Skipped: needs at least 1 complete trial" in page
     assert 'id="figure-intermediate_values"' in page  # the pruned curves still show
 

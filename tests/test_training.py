@@ -19,17 +19,25 @@ from fmnist_tuning import objective, runtime, trainer
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.keys import VAL_ACC
 from fmnist_tuning.loop import optimize
+from fmnist_tuning.model import OPTIMIZERS
 from fmnist_tuning.search_space import TrialConfig
 from fmnist_tuning.study import load_or_create
 from fmnist_tuning.trainer import build_datamodule, build_module, build_trainer
 
 
-def test_fast_dev_run_fits_on_cpu(run_config: RunConfig) -> None:
-    config = TrialConfig(hidden_sizes=(32, 16), batch_norm=True, dropout=0.1)
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_fast_dev_run_trains_the_datamodule_and_module_pair_with_each_optimizer(
+    run_config: RunConfig, optimizer: str
+) -> None:
+    config = TrialConfig(hidden_sizes=(32, 16), batch_norm=True, dropout=0.1, optimizer=optimizer)
+    module = build_module(config)
+    weights = [p for p in module.parameters() if p.dim() == 2]  # (a bias before BN gets no grad)
+    before = [w.detach().clone() for w in weights]
     fit = build_trainer(run_config, fast_dev_run=True)
-    fit.fit(build_module(config), datamodule=build_datamodule(config, run_config))
-    assert fit.state.finished
+    fit.fit(module, datamodule=build_datamodule(config, run_config))
+    assert fit.state.finished and fit.global_step == 1
     assert VAL_ACC in fit.callback_metrics
+    assert all(not torch.equal(b, w.detach()) for b, w in zip(before, weights, strict=True))
 
 
 def test_a_few_epochs_learn_the_synthetic_classes(run_config: RunConfig) -> None:

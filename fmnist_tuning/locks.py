@@ -1,0 +1,199 @@
+"""Locks that hold across processes and machines: a file lock, or the database server's own lock.
+
+A lock ends with the process that holds it (the kernel drops a dead process's file locks; the
+database server drops a closed connection's locks), so a holder that is killed never blocks the
+others: the next one in line takes over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import IO, Protocol
+
+import sqlalchemy
+from sqlalchemy.pool import NullPool
+
+from fmnist_tuning.faults import raise_if_interrupted
+from fmnist_tuning.storage import engine_options, journal_path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; each process then goes ahead alone
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+
+class Lock(Protocol):
+    """What :func:`hold` needs of a lock."""
+
+    def try_acquire(self) -> bool:
+        """Takes the lock if it is free; True when this process holds it now."""
+
+    def held(self) -> bool:
+        """Whether this process still holds it (a database connection can drop meanwhile)."""
+
+    def release(self) -> None:
+        """Lets the next process take it (idempotent)."""
+
+
+class FileLock:
+    """An advisory lock on a file (``flock``), for processes that share a disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """Waits until the lock is free, then takes it."""
+        if fcntl is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a")  # noqa: SIM115 (held until release())
+            fcntl.flock(self._file, fcntl.LOCK_EX)
+
+    def try_acquire(self) -> bool:
+        if fcntl is None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(self.path, "a")  # noqa: SIM115 (held until release())
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.close()
+            return False
+        self._file = file
+        return True
+
+    def held(self) -> bool:
+        return fcntl is None or self._file is not None
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# Per server: the statement that tries to take a named lock (true when taken), the one that frees
+# it. PostgreSQL's advisory locks take a 64-bit key, MySQL's a name of at most 64 characters.
+_SERVER_LOCKS = {
+    "postgresql": ("SELECT pg_try_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)"),
+    "mysql": ("SELECT GET_LOCK(:name, 0)", "SELECT RELEASE_LOCK(:name)"),
+    "mariadb": ("SELECT GET_LOCK(:name, 0)", "SELECT RELEASE_LOCK(:name)"),
+}
+# PostgreSQL: a holder whose machine vanishes is dropped by the server within about 25 s (the
+# server's own keepalive defaults would take hours).
+_PG_KEEPALIVES = (
+    "SET tcp_keepalives_idle = 10",
+    "SET tcp_keepalives_interval = 5",
+    "SET tcp_keepalives_count = 3",
+)
+
+
+class DatabaseLock:
+    """A named lock of the database server (PostgreSQL advisory lock, MySQL ``GET_LOCK``).
+
+    It is held by a connection of its own; the server frees it when that connection ends, whether
+    by :meth:`release` or because the process died.
+    """
+
+    def __init__(self, url: str, name: str) -> None:
+        self.url = url
+        self.backend = sqlalchemy.engine.make_url(url).get_backend_name()
+        digest = hashlib.sha256(name.encode()).digest()
+        self._params = {
+            "key": int.from_bytes(digest[:8], "big", signed=True),
+            "name": f"fmnist-tuning-{digest.hex()[:40]}",
+        }
+        self._take, self._free = _SERVER_LOCKS[self.backend]
+        self._connection: sqlalchemy.Connection | None = None
+
+    def try_acquire(self) -> bool:
+        self.release()
+        engine = sqlalchemy.create_engine(self.url, poolclass=NullPool, **engine_options(self.url))
+        connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            if self.backend == "postgresql":
+                for statement in _PG_KEEPALIVES:
+                    connection.execute(sqlalchemy.text(statement))
+            taken = connection.execute(sqlalchemy.text(self._take), self._params).scalar()
+        except BaseException:
+            connection.close()
+            raise
+        if taken:
+            self._connection = connection
+            return True
+        connection.close()
+        return False
+
+    def held(self) -> bool:
+        if self._connection is None:
+            return False
+        try:
+            self._connection.execute(sqlalchemy.text("SELECT 1"))
+        except sqlalchemy.exc.DBAPIError:  # the connection dropped, and the lock with it
+            self._close()
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(sqlalchemy.exc.DBAPIError):  # gone: so is the lock
+                self._connection.execute(sqlalchemy.text(self._free), self._params)
+            self._close()
+
+    def _close(self) -> None:
+        assert self._connection is not None
+        with contextlib.suppress(sqlalchemy.exc.DBAPIError):
+            self._connection.close()
+        self._connection = None
+
+
+def study_lock(storage_url: str, study_name: str, purpose: str, fallback_dir: Path) -> Lock:
+    """A lock of one study that every process using ``storage_url`` sees, wherever it runs.
+
+    A database server's own named lock; for an SQLite file or a journal file, a lock file beside
+    it (which the processes that share that file share too); else one in ``fallback_dir``.
+    """
+    backend = None
+    if journal_path(storage_url) is None:
+        backend = sqlalchemy.engine.make_url(storage_url).get_backend_name()
+    if backend in _SERVER_LOCKS:
+        return DatabaseLock(storage_url, f"{purpose} of study {study_name}")
+    journal = journal_path(storage_url)
+    database = storage_url.removeprefix("sqlite:///")
+    if journal is not None:
+        beside = journal
+    elif backend == "sqlite" and database != storage_url and database not in ("", ":memory:"):
+        beside = Path(database)
+    else:
+        beside = fallback_dir / "study"
+    return FileLock(beside.with_name(f".{beside.name}.{study_name}.{purpose}.lock"))
+
+
+def hold(lock: Lock, waiting: str, poll: float = 1.0) -> None:
+    """Takes ``lock``, waiting as long as another process holds it; logs ``waiting`` once.
+
+    Raises:
+        fmnist_tuning.faults.Interrupted: A signal arrived while waiting.
+    """
+    said = False
+    while not lock.try_acquire():
+        if not said:
+            log.info("%s", waiting)
+            said = True
+        deadline = time.monotonic() + poll
+        while time.monotonic() < deadline:
+            raise_if_interrupted()
+            time.sleep(0.1)
