@@ -4,8 +4,9 @@
         --timeout 300
 
 For every (pruner, seed) this runs what a user types, ``scripts/tune.py --pruner P --seed S
---timeout T --no-warm-start --no-retrain`` (TPE, default epochs and ranges, no remembered starting
-trial, so the search alone finds what it finds), one study after another, each in its own folder
+--timeout T --no-warm-start --no-test`` (TPE, default epochs and ranges, no remembered starting
+trial, so the search alone finds what it finds; no final model and no test pass: a comparison
+never looks at the test set), one study after another, each in its own folder
 under ``--output-dir``. It then reads each study back and, for each whole minute of the budget, takes
 the best validation accuracy among the trials that had finished by then (the last trial may run
 past the timeout; it counts only at the minute it finished). The test set plays no part in it.
@@ -37,8 +38,11 @@ def run_study(pruner: str, seed: int, args: argparse.Namespace, folder: Path) ->
     """One study of the real command, in ``folder`` (resumed if it is there already)."""
     command = [
         sys.executable, str(ROOT / "scripts" / "tune.py"), "--pruner", pruner, "--seed", str(seed),
-        "--timeout", str(args.timeout), "--n-trials", "1000", "--no-warm-start", "--no-retrain",
-        "--output-dir", str(folder), *(["--data-dir", str(args.data_dir)] if args.data_dir else []),
+        "--timeout", str(args.timeout), "--n-trials", str(args.n_trials), "--no-warm-start",
+        "--no-test", "--output-dir", str(folder),
+        *(["--data-dir", str(args.data_dir)] if args.data_dir else []),
+        *(["--max-epochs", str(args.max_epochs)] if args.max_epochs else []),
+        *(["--val-size", str(args.val_size)] if args.val_size else []),
     ]  # fmt: skip
     subprocess.run(command, check=True)
 
@@ -118,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--timeout", type=int, default=300, help="seconds per study (%(default)s)")
     p.add_argument("--pruners", nargs="+", choices=PRUNERS, default=list(PRUNERS))
+    p.add_argument("--n-trials", type=int, default=1000, help="cap per study (%(default)s)")
+    p.add_argument("--max-epochs", type=int, help="epochs per trial (default: the command's)")
+    p.add_argument("--val-size", type=int, help="validation images (default: the command's)")
     p.add_argument("--output-dir", type=Path, default=Path("runs/compare-pruners"))
     args = p.parse_args(argv)
     if args.timeout < 60:

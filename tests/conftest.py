@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
+import shutil
 import struct
 from pathlib import Path
 from types import ModuleType
@@ -62,6 +63,21 @@ def write_fake_fmnist(folder: Path, n_train: int = N_TRAIN, n_test: int = N_TEST
 @pytest.fixture(scope="session")
 def fake_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_fake_fmnist(tmp_path_factory.mktemp("fmnist"))
+
+
+TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+def without_test_files(source: Path, folder: Path) -> Path:
+    """A copy of the data in ``source`` without the official test files: nothing can score."""
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns(*TEST_FILES))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def train_only_data_dir(fake_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny data set without its test files, for the comparisons (they never score)."""
+    return without_test_files(fake_data_dir, tmp_path_factory.mktemp("train-only") / "d")
 
 
 @pytest.fixture(autouse=True)

@@ -46,10 +46,10 @@ def test_base_is_the_recipe_every_study_trains(ablate: ModuleType) -> None:
 
 @pytest.mark.integration
 def test_script_writes_one_row_per_variant_and_seed(
-    ablate: ModuleType, fake_data_dir: Path, tmp_path: Path
+    ablate: ModuleType, train_only_data_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "ablate.csv"
-    args = ["--data-dir", str(fake_data_dir), "--variants", "base", "no_flip", "--seeds", "0", "1",
+    args = ["--data-dir", str(train_only_data_dir), "--variants", "base", "no_flip", "--seeds", "0", "1",
             "--max-epochs", "2", "--val-size", str(VAL_SIZE), "--output", str(out)]  # fmt: skip
     assert ablate.main(args) == 0
     with out.open() as f:

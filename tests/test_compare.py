@@ -45,11 +45,11 @@ def test_best_so_far_never_decreases(compare: ModuleType) -> None:
 
 @pytest.mark.integration
 def test_script_writes_plot_and_tables_for_all_three_samplers(
-    compare: ModuleType, fake_data_dir: Path, tmp_path: Path
+    compare: ModuleType, train_only_data_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "cmp"
     args = [
-        "--data-dir", str(fake_data_dir), "--n-trials", "2", "--seeds", "2",
+        "--data-dir", str(train_only_data_dir), "--n-trials", "2", "--seeds", "2",
         "--max-epochs", "1", "--val-size", str(VAL_SIZE), "--accelerator", "cpu",
         "--output-dir", str(out),
     ]  # fmt: skip

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import json
+from pathlib import Path
 from types import ModuleType
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import load_script
+from tests.conftest import VAL_SIZE, load_script
 
 START = dt.datetime(2026, 12, 1, 12, 0, 0)
 
@@ -55,3 +58,23 @@ def test_summary_over_seeds_skips_seeds_without_a_result_yet(compare: ModuleType
         (2, 2, 0.8, 0.9),
     ]
     assert rows[1]["mean"] == pytest.approx(0.85)
+
+
+@pytest.mark.integration
+def test_the_script_runs_the_real_command_per_pruner_without_the_test_files(
+    compare: ModuleType, train_only_data_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cmp"
+    args = ["--data-dir", str(train_only_data_dir), "--seeds", "0", "--timeout", "60",
+            "--n-trials", "2", "--max-epochs", "1", "--val-size", str(VAL_SIZE),
+            "--output-dir", str(out)]  # fmt: skip
+    assert compare.main(args) == 0
+    with (out / "studies.csv").open() as f:
+        studies = list(csv.DictReader(f))
+    assert [(s["pruner"], int(s["complete"]) + int(s["pruned"])) for s in studies] == [
+        ("median", 2),
+        ("hyperband", 2),
+    ]
+    for pruner in ("median", "hyperband"):
+        best = json.loads((out / f"{pruner}-seed0" / "best.json").read_text())
+        assert best["test_acc"] is None and best["test_set"] == "not scored (--no-test)"

@@ -16,10 +16,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_quick_measures_print_every_measure_and_write_their_json(
-    fake_data_dir: Path, tmp_path: Path
+    train_only_data_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "measures.json"
-    args = ["--data-dir", str(fake_data_dir), "--val-size", str(VAL_SIZE), "--quick"]
+    args = ["--data-dir", str(train_only_data_dir), "--val-size", str(VAL_SIZE), "--quick"]
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "measures.py"), *args, "--json", str(out)],
         capture_output=True,
