@@ -1,5 +1,7 @@
 """The command line, a thin layer over :func:`fmnist_tuning.api.tune`: flags → settings → exit code.
 
+``fmnist-tune report`` rebuilds the report of a stored study instead (nothing is trained or scored).
+
 Exit codes: 0 success, 1 no trial completed (or a worker died before the study was done), 2 bad
 input (flags, data files, storage, an incompatible stored study), 130 / 143 interrupted by SIGINT /
 SIGTERM (the running trials are FAIL; rerun the same command to resume).
@@ -24,7 +26,7 @@ from fmnist_tuning.settings import AUTO_WORKERS, CHOICES, make_config
 log = logging.getLogger("fmnist_tuning")
 
 EXIT_OK, EXIT_NO_RESULT, EXIT_USAGE = 0, 1, 2
-__all__ = ["AUTO_WORKERS", "build_parser", "entry", "main", "parse_config"]
+__all__ = ["AUTO_WORKERS", "build_parser", "build_report_parser", "entry", "main", "parse_config"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,7 +59,11 @@ def _choice(name: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The ``fmnist-tune`` / ``scripts/tune.py`` flags."""
     d = RunConfig()
-    p = _Parser(prog="fmnist-tune", description="Tune an MLP on Fashion-MNIST with Optuna.")
+    p = _Parser(
+        prog="fmnist-tune",
+        description="Tune an MLP on Fashion-MNIST with Optuna. (fmnist-tune report --help: "
+        "rebuild a stored study's report.)",
+    )
     p.add_argument("--study-name", default=d.study_name, help="study name (default %(default)s)")
     p.add_argument("--output-dir", type=Path, help="default runs/<study-name>")
     p.add_argument(
@@ -152,11 +158,46 @@ def parse_config(argv: Sequence[str] | None = None) -> RunConfig:
     return make_config(**args)
 
 
+def build_report_parser() -> argparse.ArgumentParser:
+    """The ``fmnist-tune report`` / ``scripts/report.py`` flags."""
+    p = _Parser(
+        prog="fmnist-tune report",
+        description="Write the plots and report.html of a stored study (running, interrupted or "
+        "finished); nothing is trained or scored.",
+    )
+    p.add_argument("--storage", required=True, help="Optuna storage URL of the study")
+    p.add_argument("--study-name", default=RunConfig.study_name, help="default %(default)s")
+    p.add_argument("--output-dir", type=Path, help="default runs/<study-name>")
+    p.add_argument("--data-dir", type=Path, help="default: the folder the study recorded")
+    return p
+
+
+def report(argv: Sequence[str]) -> int:
+    """``fmnist-tune report``: writes a stored study's report; returns the exit code."""
+    from fmnist_tuning.progress import configure_logging
+    from fmnist_tuning.report import write_report
+    from fmnist_tuning.storage import load_existing
+
+    try:
+        args = build_report_parser().parse_args(argv)
+        configure_logging()
+        study = load_existing(args.storage, args.study_name)
+        output_dir = args.output_dir or Path("runs") / args.study_name
+        write_report(study, output_dir, args.storage, args.data_dir)
+    except (TuningError, OSError) as err:
+        print(f"fmnist-tune report: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fmnist-tune`` and ``scripts/tune.py``; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:
+        return report(argv[1:])
     with exit_on_signals():  # until the study takes over (the imports take seconds)
         try:
-            config = parse_config(sys.argv[1:] if argv is None else list(argv))
+            config = parse_config(argv)
             from fmnist_tuning.api import tune
             from fmnist_tuning.faults import Interrupted
 

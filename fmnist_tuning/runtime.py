@@ -1,7 +1,7 @@
 """How a tuning process runs: its process-wide settings and every speed measure, in one place.
 
-The entry points that train (``fmnist-tune`` and its worker processes, ``scripts/benchmark.py``,
-``scripts/measures.py``, ``scripts/compare_samplers.py``) call :func:`setup_process` once, before
+The entry points that train (``fmnist-tune`` and its worker processes, ``benchmarks/benchmark.py``,
+``benchmarks/measures.py``, ``benchmarks/compare_samplers.py``) call :func:`setup_process` once, before
 anything else imports Lightning (``scripts/report.py`` trains nothing and imports no Lightning,
 so it needs none of this); nothing here runs as a side effect of an import or of building a Trainer. Each speed
 measure is kept because the benchmark shows it is worth at least 5 % of an epoch or of a trial, or

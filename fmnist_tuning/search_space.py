@@ -24,7 +24,7 @@ Fixed for every trial (not searched, so that trials go to the network itself): a
 learning-rate schedule over ``--max-epochs`` (warm-up, then annealing: a short budget ends on a low
 rate instead of mid-noise), label smoothing 0.1, and random horizontal flips of training images on
 the device (garments are left-right symmetric). Each was kept because the starting configuration
-lost validation accuracy without it (``scripts/ablate.py``; figures in docs/benchmarks.md, "The
+lost validation accuracy without it (``benchmarks/ablate.py``; figures in docs/benchmarks.md, "The
 fixed recipe, decided on validation"). Widths start at 128 and
 batches at 128 because smaller ones lose accuracy and, on a CPU, cost more time per epoch.
 """

@@ -17,12 +17,15 @@ from fmnist_tuning import data, raw
 from fmnist_tuning.config import RunConfig
 
 N_TRAIN, N_TEST, VAL_SIZE = 600, 100, 100
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_script(name: str) -> ModuleType:
-    """``scripts/<name>.py`` imported as a module (the scripts are not a package)."""
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    """``scripts/<name>.py`` or ``benchmarks/<name>.py`` imported as a module (not a package)."""
+    path = ROOT / "scripts" / f"{name}.py"
+    if not path.is_file():
+        path = ROOT / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,4 +1,4 @@
-"""scripts/ablate.py: each variant changes its piece of the recipe, and only while it runs."""
+"""benchmarks/ablate.py: each variant changes its piece of the recipe, and only while it runs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``scripts/benchmark.py`` runs on tiny data and prints its table (no timing is asserted here)."""
+"""``benchmarks/benchmark.py`` runs on tiny data and prints its table (no timing is asserted here)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def test_quick_benchmark_prints_its_table_and_writes_the_json_contract(
     args = ["--data-dir", str(fake_data_dir), "--quick", "--repeats", "1", "--memory-trials", "1"]
     args += ["--val-size", str(VAL_SIZE), "--accelerator", "cpu", "--json", str(out)]
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), *args],
+        [sys.executable, str(ROOT / "benchmarks" / "benchmark.py"), *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -48,7 +48,7 @@ def test_quick_benchmark_prints_its_table_and_writes_the_json_contract(
 
 def test_benchmark_with_a_missing_data_dir_exits_2_with_one_line(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "--data-dir", str(tmp_path)],
+        [sys.executable, str(ROOT / "benchmarks" / "benchmark.py"), "--data-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -1,5 +1,5 @@
 """The chaos soak: 4 workers on one PostgreSQL study, a random one SIGKILLed every few seconds and
-replaced; no trial may be lost, duplicated or left RUNNING (scripts/chaos.py does the checks)."""
+replaced; no trial may be lost, duplicated or left RUNNING (benchmarks/chaos.py does the checks)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""scripts/compare_samplers.py: grid, random and TPE on one box of the search space, same budget."""
+"""benchmarks/compare_samplers.py: grid, random and TPE on one box of the search space, same budget."""
 
 from __future__ import annotations
 

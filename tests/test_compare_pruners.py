@@ -1,4 +1,4 @@
-"""scripts/compare_pruners.py: the best value found by each minute of a study's wall time."""
+"""benchmarks/compare_pruners.py: the best value found by each minute of a study's wall time."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``scripts/measures.py`` runs on tiny data and prints its table (no figure is asserted here)."""
+"""``benchmarks/measures.py`` runs on tiny data and prints its table (no figure is asserted here)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def test_quick_measures_print_every_measure_and_write_their_json(
     out = tmp_path / "measures.json"
     args = ["--data-dir", str(train_only_data_dir), "--val-size", str(VAL_SIZE), "--quick"]
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "measures.py"), *args, "--json", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / "measures.py"), *args, "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=600,

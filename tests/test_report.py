@@ -193,11 +193,13 @@ def test_run_settings_are_stored_when_the_study_is_created(
 
 
 @pytest.mark.integration
-def test_report_script_rebuilds_the_report_from_storage(study_run: Path, tmp_path: Path) -> None:
+def test_fmnist_tune_report_rebuilds_the_report_from_storage(
+    study_run: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "again"
     storage = f"sqlite:///{study_run / 'study.db'}"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "report.py"), "--storage", storage,
+        [str(Path(sys.executable).with_name("fmnist-tune")), "report", "--storage", storage,
          "--study-name", "fmnist-mlp", "--output-dir", str(out)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip

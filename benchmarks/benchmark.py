@@ -1,7 +1,7 @@
 """Benchmark what users run, on the real data: epoch time, per-trial overhead, pruning, memory.
 
-    python scripts/benchmark.py --data-dir ../shared/data/fashion-mnist --json bench.json
-    python scripts/benchmark.py --data-dir ../shared/data/fashion-mnist --quick   # a smoke test
+    python benchmarks/benchmark.py --data-dir ../shared/data/fashion-mnist --json bench.json
+    python benchmarks/benchmark.py --data-dir ../shared/data/fashion-mnist --quick   # a smoke test
 
 Every trial runs through the project's own trial loop (``fmnist_tuning.loop.optimize``, as each
 worker of ``fmnist-tune`` runs it); the three epoch pipelines are interleaved, and each figure is
@@ -35,18 +35,17 @@ on a noisy shared machine.
 # ruff: noqa: E402
 from __future__ import annotations
 
-from fmnist_tuning import runtime
+from fmnist_tuning import tools
 
 # As fmnist-tune does, before the first Lightning import (hence E402 below): what is measured is
-# the process that users run.
-runtime.setup_process()
+# the process that users run. Quiet: the benchmark prints its table only.
+tools.start(quiet=True)
 
 import argparse
 import dataclasses
 import gzip
 import itertools
 import json
-import logging
 import math
 import platform
 import resource
@@ -340,13 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.memory_trials = args.memory_trials or (2 if args.quick else 4)
     warnings.filterwarnings("ignore")  # the benchmark's table only
-    for name in ("lightning.pytorch", "lightning.fabric", "fmnist_tuning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    try:
-        raw.check_val_size(raw.load_raw(args.data_dir), args.val_size)
-    except raw.DataError as err:
-        print(f"benchmark: error: {err}", file=sys.stderr)
+    if not tools.data_ready("benchmark", args.data_dir, args.val_size):
         return 2
 
     quick = args.quick

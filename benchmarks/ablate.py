@@ -1,6 +1,6 @@
 """The fixed recipe, one piece at a time, judged on validation accuracy only.
 
-    python scripts/ablate.py --data-dir ../shared/data/fashion-mnist --seeds 0 1
+    python benchmarks/ablate.py --data-dir ../shared/data/fashion-mnist --seeds 0 1
 
 Every variant trains the documented starting configuration (``search_space.DEFAULT_PARAMS``, a new
 study's first trial) with the real objective, on the study's own seeded train/validation split, for
@@ -13,10 +13,9 @@ accuracy at the last epoch and the training time.
 # ruff: noqa: E402
 from __future__ import annotations
 
-from fmnist_tuning import runtime
+from fmnist_tuning import tools
 
-# As fmnist-tune does, before the first Lightning import (hence E402 below).
-runtime.setup_process()
+tools.start()  # as fmnist-tune does, before the first Lightning import (hence E402 below)
 
 import argparse
 import contextlib
@@ -32,7 +31,7 @@ from unittest import mock
 
 import optuna
 
-from fmnist_tuning import raw, search_space
+from fmnist_tuning import search_space
 from fmnist_tuning.config import RunConfig, default_data_dir
 from fmnist_tuning.objective import Objective
 from fmnist_tuning.study import DIRECTION
@@ -95,14 +94,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--val-size", type=int, default=RunConfig.val_size)
     parser.add_argument("--output", type=Path, default=Path("runs/ablate.csv"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     data_dir = args.data_dir or default_data_dir()
+    if not tools.data_ready("ablate.py", data_dir, args.val_size):  # decoded once for all
+        return 2
     try:
-        raw.load_raw(data_dir)  # decoded once for every variant
         args.output.parent.mkdir(parents=True, exist_ok=True)
-    except (raw.DataError, OSError) as err:
-        print(f"ablate.py: {err}", file=sys.stderr)
+    except OSError as err:
+        print(f"ablate.py: error: {err}", file=sys.stderr)
         return 2
     new = not args.output.exists()
     with args.output.open("a", newline="") as out:

@@ -1,6 +1,6 @@
 """Grid vs random vs TPE (Bayesian) search on the same small search space and trial budget.
 
-    python scripts/compare_samplers.py --data-dir ../shared/data/fashion-mnist \
+    python benchmarks/compare_samplers.py --data-dir ../shared/data/fashion-mnist \
         --n-trials 12 --seeds 3 --max-epochs 2 --limit-train-batches 0.1
 
 The search space is the box spanned by ``search_space.GRID``: every parameter with several grid
@@ -22,10 +22,9 @@ Writes to ``--output-dir`` (default ``runs/compare-samplers``):
 # ruff: noqa: E402
 from __future__ import annotations
 
-from fmnist_tuning import runtime
+from fmnist_tuning import tools
 
-# As fmnist-tune does, before the first Lightning import (hence E402 below).
-runtime.setup_process()
+tools.start()  # as fmnist-tune does, before the first Lightning import (hence E402 below)
 
 import argparse
 import dataclasses
@@ -40,7 +39,6 @@ from typing import Any
 
 import optuna
 
-from fmnist_tuning import raw
 from fmnist_tuning.config import RunConfig, default_data_dir
 from fmnist_tuning.files import write_csv
 from fmnist_tuning.objective import Objective
@@ -234,10 +232,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     run = RunConfig(
         data_dir=args.data_dir or default_data_dir(),
         n_trials=args.n_trials,
@@ -247,10 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         val_size=args.val_size,
         accelerator=args.accelerator,
     )
-    try:
-        raw.load_raw(run.data_dir)  # decoded once, shared by every study of this process
-    except raw.DataError as err:
-        print(f"compare_samplers: error: {err}", file=sys.stderr)
+    if not tools.data_ready("compare_samplers", run.data_dir, run.val_size):  # decoded once
         return 2
     out: Path = args.output_dir
     out.mkdir(parents=True, exist_ok=True)

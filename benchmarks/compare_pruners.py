@@ -1,6 +1,6 @@
 """Median vs Hyperband pruning: the best validation accuracy each finds per minute of the real command.
 
-    python scripts/compare_pruners.py --data-dir ../shared/data/fashion-mnist --seeds 0 1 2 \
+    python benchmarks/compare_pruners.py --data-dir ../shared/data/fashion-mnist --seeds 0 1 2 \
         --timeout 300
 
 For every (pruner, seed) this runs what a user types, ``scripts/tune.py --pruner P --seed S

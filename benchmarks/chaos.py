@@ -1,6 +1,6 @@
 """Chaos soak: worker processes on one PostgreSQL study, a random one SIGKILLed every few seconds.
 
-    python scripts/chaos.py --storage postgresql+psycopg://postgres@127.0.0.1:5432/test \
+    python benchmarks/chaos.py --storage postgresql+psycopg://postgres@127.0.0.1:5432/test \
         --data-dir ../shared/data/fashion-mnist --trials 100 --kill-every 5
 
 Starts ``--workers`` worker processes, exactly as ``scripts/tune.py --workers N`` does (``python -m

@@ -1,7 +1,7 @@
 """What each speed measure of ``fmnist_tuning/runtime.py`` is worth: every one on vs off, paired.
 
-    python scripts/measures.py --data-dir ../shared/data/fashion-mnist --json measures.json
-    python scripts/measures.py --data-dir ../shared/data/fashion-mnist --quick   # a smoke test
+    python benchmarks/measures.py --data-dir ../shared/data/fashion-mnist --json measures.json
+    python benchmarks/measures.py --data-dir ../shared/data/fashion-mnist --quick   # a smoke test
 
 A measure stays in the project only while it is worth at least 5 % of an epoch or of a trial, or
 50 MB of memory (docs/benchmarks.md, "Speed measures"). On and off alternate within one process (the
@@ -25,15 +25,14 @@ each figure is the median of the paired differences.
 # ruff: noqa: E402
 from __future__ import annotations
 
-from fmnist_tuning import runtime
+from fmnist_tuning import runtime, tools
 
-runtime.setup_process()  # as fmnist-tune does, before the first Lightning import (hence E402)
+tools.start(quiet=True)  # as fmnist-tune does, before the first Lightning import (hence E402)
 
 import argparse
 import dataclasses
 import gc
 import json
-import logging
 import os
 import statistics
 import subprocess
@@ -44,14 +43,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import optuna
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/benchmark.py, beside this one
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/benchmark.py, beside this one
 import benchmark
 
-from fmnist_tuning import raw
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.model import MLP, OPTIMIZERS
 from fmnist_tuning.search_space import TrialConfig
@@ -166,13 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer repeats and trials")
     p.add_argument("--val-size", type=int, default=RunConfig.val_size)
     args = p.parse_args(argv)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    for name in ("lightning.pytorch", "lightning.fabric", "fmnist_tuning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        raw.check_val_size(raw.load_raw(args.data_dir), args.val_size)
-    except raw.DataError as err:
-        print(f"measures: error: {err}", file=sys.stderr)
+    if not tools.data_ready("measures", args.data_dir, args.val_size):
         return 2
     repeats = 2 if args.quick else 10
     results: dict[str, Any] = {}

@@ -1,0 +1,45 @@
+"""How the measurement tools in ``benchmarks/`` start: process settings, log lines, the data check.
+
+Each calls :func:`start` first thing (before its own imports of Lightning), then
+:func:`data_ready` in ``main``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from fmnist_tuning import raw, runtime
+from fmnist_tuning.errors import DataError
+from fmnist_tuning.progress import configure_logging
+
+
+def start(quiet: bool = False) -> None:
+    """Process settings as ``fmnist-tune`` has them, and timestamped log lines on stderr.
+
+    Args:
+        quiet: Only errors from the package, Lightning and Optuna (a tool that prints a table).
+    """
+    runtime.setup_process()
+    configure_logging()  # the package's lines; Lightning's banners and Optuna's echo off
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if quiet:
+        for name in ("fmnist_tuning", "lightning.pytorch", "lightning.fabric", "optuna"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def data_ready(tool: str, data_dir: Path, val_size: int | None = None) -> bool:
+    """Decodes the training set once (later uses in the process are free) and checks the split.
+
+    Returns:
+        True, or False after printing one line that names the problem and the fix.
+    """
+    try:
+        decoded = raw.load_raw(data_dir)
+        if val_size is not None:
+            raw.check_val_size(decoded, val_size)
+    except DataError as err:
+        print(f"{tool}: error: {err}", file=sys.stderr)
+        return False
+    return True
