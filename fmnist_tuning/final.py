@@ -1,11 +1,11 @@
 """The final model: the best configuration retrained, scored once on the test set, ``best.json``.
 
-The official test set is used here and nowhere else. Each final model (a trial's configuration
+The official test set is scored here and nowhere else. Each final model (a trial's configuration
 retrained on all 60,000 training images, or with ``--no-retrain`` the trial's own checkpoint) is
-scored exactly once; the result, with everything the report shows (confusion matrix, per-class
-accuracy, the most confident mistakes), is stored in the study's ``final_models`` attribute
-(``{"current": key, "models": {key: result}}``, ``current`` naming the final model the latest
-``best.json`` describes), and ``best.json`` and the report read it from there.
+scored exactly once, across machines too (under the study's lock, :mod:`fmnist_tuning.locks`);
+the result, with everything the report shows (confusion matrix, per-class accuracy, the most
+confident mistakes), is stored in the study (:mod:`fmnist_tuning.results`), and ``best.json``
+and the report read it from there.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The entry points that train (``fmnist-tune`` and its worker processes, ``benchmarks/benchmark.py``,
 ``benchmarks/measures.py``, ``benchmarks/compare_samplers.py``) call :func:`setup_process` once, before
-anything else imports Lightning (``scripts/report.py`` trains nothing and imports no Lightning,
+anything else imports Lightning (``fmnist-tune report`` trains nothing and imports no Lightning,
 so it needs none of this); nothing here runs as a side effect of an import or of building a Trainer. Each speed
 measure is kept because the benchmark shows it is worth at least 5 % of an epoch or of a trial, or
 50 MB of memory; its figures are in docs/benchmarks.md ("Speed measures"). One measure cannot live
