@@ -17,8 +17,9 @@ from typing import IO, Protocol
 import sqlalchemy
 from sqlalchemy.pool import NullPool
 
+from fmnist_tuning.errors import StudyError, first_line
 from fmnist_tuning.faults import raise_if_interrupted
-from fmnist_tuning.storage import engine_options, journal_path
+from fmnist_tuning.storage import engine_options, journal_path, redact
 
 try:
     import fcntl
@@ -120,22 +121,36 @@ class DatabaseLock:
         self._connection: sqlalchemy.Connection | None = None
 
     def try_acquire(self) -> bool:
+        """Takes the lock if it is free.
+
+        Raises:
+            StudyError: The database cannot be reached (the finished trials are safe in it: rerun
+                the same command once it is back).
+        """
         self.release()
         engine = sqlalchemy.create_engine(self.url, poolclass=NullPool, **engine_options(self.url))
-        connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        connection = None
         try:
+            connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             if self.backend == "postgresql":
                 for statement in _PG_KEEPALIVES:
                     connection.execute(sqlalchemy.text(statement))
-            taken = connection.execute(sqlalchemy.text(self._take), self._params).scalar()
-        except BaseException:
-            connection.close()
+            taken = bool(connection.execute(sqlalchemy.text(self._take), self._params).scalar())
+        except BaseException as err:
+            if connection is not None:
+                with contextlib.suppress(sqlalchemy.exc.DBAPIError):
+                    connection.close()
+            if isinstance(err, sqlalchemy.exc.DBAPIError):
+                raise StudyError(
+                    f"cannot take a lock of the study on {redact(self.url)} "
+                    f"({first_line(err, 200)}); rerun the same command once the database is back"
+                ) from None
             raise
         if taken:
             self._connection = connection
-            return True
-        connection.close()
-        return False
+        else:
+            connection.close()
+        return taken
 
     def held(self) -> bool:
         if self._connection is None:
