@@ -48,9 +48,11 @@ class TuneResult:
         best_config: The same trial as the :class:`TrialConfig` it trained.
         val_acc: The best trial's validation accuracy (what the study maximised).
         test_acc: The final model's accuracy on the official test set, scored once and stored in
-            the study; ``None`` while the study has no final model (running or interrupted).
+            the study; ``None`` while the study has no final model (running or interrupted), and
+            for a run with ``test=False``.
         test_acc_ci95: Its 95 % Wilson interval, or ``None``.
-        checkpoint: The final model's weights (the trial's own checkpoint before there is one).
+        checkpoint: The final model's weights (before there is one, or with ``test=False``, the
+            path the trial's own checkpoint was saved at, maybe on another machine).
         output_dir: The run's output folder (``best.json``, ``report.html``, ``plots/``, ...).
     """
 
@@ -191,7 +193,9 @@ def run_study(config: RunConfig) -> tuple[optuna.Study, dict[str, Any]]:
                     raise NoResultError(f"{summarize(the_study)}; rerun the same command to resume")
             result = finalize(the_study, config)
             runtime.release_memory()  # the retrain's memory, before the report's imports and figures
-            write_report(the_study, config.output_dir, config.storage_url, config.data_dir)
+            write_report(
+                the_study, config.output_dir, config.storage_url, config.data_dir, config.test
+            )
         except (Interrupted, SystemExit, SIGTERMException) as err:
             # Outside a trial (the final retrain, the test pass) Lightning turns Ctrl-C into
             # sys.exit(1) and SIGTERM into SIGTERMException: raise them as the signal they were.

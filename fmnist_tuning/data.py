@@ -201,7 +201,8 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         return _SPLITS[key]
 
     def setup(self, stage: str | None = None) -> None:
-        """Builds the on-device splits; the official test set only for ``stage="test"``."""
+        """Builds the on-device splits; the official test set only for the ``test`` and
+        ``predict`` stages (and ``None``, every stage)."""
         if stage in (None, "fit", "validate"):
             self.splits = self._shared_splits()
         if stage in (None, "test", "predict"):

@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,10 @@ def local_model(final: dict[str, Any], run: RunConfig, store: Any | None = None)
     return here if here.is_file() else Path(final["model"])
 
 
+WAITING = "another process of this study is making its final model: waiting"
+LOST = "the final model's lock was lost (its database connection dropped): waiting to take it again"
+
+
 def _final_model(
     study: optuna.Study, best: FrozenTrial, run: RunConfig, store: Any
 ) -> dict[str, Any]:
@@ -171,15 +176,20 @@ def _final_model(
     Once per study, across machines: the model is made under the study's ``final`` lock (see
     :func:`fmnist_tuning.locks.study_lock`), and whoever takes the lock reads the stored results
     again first, so a machine that waited for another uses that machine's model. A holder that
-    dies frees the lock and the next machine in line makes the model. Either way it becomes the
-    study's current final model.
+    dies frees the lock and the next machine in line makes the model. (A holder whose database
+    connection drops during its test pass loses the lock; another machine may then score a model
+    too, but only the first result stored counts.) Either way it becomes the study's current
+    final model.
     """
     key = model_key(best.number, run.retrain)
     stored = stored_model(study, key)
     if stored is None:
-        lock = locks.study_lock(run.storage_url, study.study_name, "final", run.output_dir)
-        locks.hold(lock, "another process of this study is making its final model: waiting")
-        try:  # made while this process waited? else this process makes it
+        lock = locks.study_lock(
+            run.storage_url, study.study_name, "final", run.output_dir, run.storage_timeout
+        )
+        try:
+            locks.hold(lock, WAITING)
+            # Made while this process waited? Else this process makes it.
             stored = stored_model(study, key) or _make_and_score(study, best, run, store, lock)
         finally:
             lock.release()
@@ -187,50 +197,64 @@ def _final_model(
     return stored
 
 
+def _stored_meanwhile(study: optuna.Study, key: str, lock: locks.Lock) -> dict[str, Any] | None:
+    """Takes ``lock`` again if its connection dropped; then another machine's result, if any."""
+    if lock.held():
+        return None
+    locks.hold(lock, LOST)
+    return stored_model(study, key)
+
+
 def _make_and_score(
     study: optuna.Study, best: FrozenTrial, run: RunConfig, store: Any, lock: locks.Lock
 ) -> dict[str, Any]:
-    """Makes the final model, scores it on the test set and stores the result, holding ``lock``."""
+    """Makes the final model, scores it on the test set and stores the result, holding ``lock``.
+
+    A retrained model is written beside its place and moved there only once its result is
+    stored: the file at :func:`final_path` is always a scored model.
+    """
     key = model_key(best.number, run.retrain)
-    model, epochs = _make_model(best, run, store)
-    while not lock.held():  # the database dropped the lock's connection meanwhile
-        locks.hold(lock, "the final model's lock was lost: waiting to take it again")
-        if (stored := stored_model(study, key)) is not None:
-            return stored  # another process made and scored it meanwhile: never score twice
-    log.info("scoring trial %d's final model on the official test set (once)", best.number)
-    result = {
-        "trial": best.number,
-        "retrained": run.retrain,
-        "model": str(model.resolve()),
-        "model_artifact": artifacts.upload(store, model, study)  # for other machines
-        if run.retrain
-        else best.user_attrs.get(CHECKPOINT_ARTIFACT),
-        "epochs": epochs,  # the checkpoint's epoch, and the epochs the retrain trains
-        "schedule_epochs": run.max_epochs,
-        **score_on_test(model, run),
-        "scored_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-    }
-    store_model(study, key, result)
-    return result
-
-
-def _make_model(best: FrozenTrial, run: RunConfig, store: Any) -> tuple[Path, int]:
-    """The best trial's final model on this machine, and its epochs: the configuration retrained
-    on all 60k images, or with ``--no-retrain`` the trial's own checkpoint."""
     checkpoint = _trial_checkpoint(best, run, store)
     epochs = best_epoch(best)
-    if not run.retrain:
-        return checkpoint, epochs
-    log.info(
-        "retraining trial %d's configuration on all training images: %d epochs of a %d-epoch "
-        "schedule, as the trial's best checkpoint",
-        best.number,
-        epochs,
-        run.max_epochs,
-    )
-    config = suggest_config(optuna.trial.FixedTrial(best.params))
-    path = final_path(run.output_dir, best.number)
-    return retrain_full(config, run, epochs, path, seed=run.seed + best.number), epochs
+    model = checkpoint
+    if run.retrain:
+        place = final_path(run.output_dir, best.number)
+        model = place.with_name(f".{place.name}.{os.getpid()}.part")
+    try:
+        if run.retrain:
+            config = suggest_config(optuna.trial.FixedTrial(best.params))
+            log.info(
+                "retraining trial %d's configuration on all training images: %d epochs of a "
+                "%d-epoch schedule, as the trial's best checkpoint",
+                best.number,
+                epochs,
+                run.max_epochs,
+            )
+            retrain_full(config, run, epochs, model, seed=run.seed + best.number)
+        if (other := _stored_meanwhile(study, key, lock)) is not None:
+            return other  # another process made and scored it meanwhile: never score twice
+        log.info("scoring trial %d's final model on the official test set (once)", best.number)
+        result = {
+            "trial": best.number,
+            "retrained": run.retrain,
+            "model": str((place if run.retrain else model).resolve()),
+            "model_artifact": artifacts.upload(store, model, study)  # for other machines
+            if run.retrain
+            else best.user_attrs.get(CHECKPOINT_ARTIFACT),
+            "epochs": epochs,  # the checkpoint's epoch, and the epochs the retrain trains
+            "schedule_epochs": run.max_epochs,
+            **score_on_test(model, run),
+            "scored_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        }
+        if (other := _stored_meanwhile(study, key, lock)) is not None:
+            return other  # the lock was lost during the test pass: the first result counts
+        store_model(study, key, result)
+        if run.retrain:
+            model.replace(place)
+        return result
+    finally:
+        if run.retrain:
+            model.unlink(missing_ok=True)
 
 
 def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
@@ -253,10 +277,13 @@ def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
     if run.test:
         final = _final_model(study, best, run, store)
         model = local_model(final, run, store)
-    else:
+    else:  # no final model: best.json points at the trial's own checkpoint, wherever it is
         final = {"retrained": False, "schedule_epochs": run.max_epochs}
         final["model_artifact"] = best.user_attrs.get(CHECKPOINT_ARTIFACT)
-        model = _trial_checkpoint(best, run, store)
+        try:
+            model = _trial_checkpoint(best, run, store)
+        except StudyError:  # on another machine's disk only: nothing here needs it
+            model = Path(best.user_attrs.get(CHECKPOINT, ""))
     prune_checkpoints(study, run.output_dir, keep=best.number, store=store)
     states = [t.state for t in study.get_trials(deepcopy=False)]
     result = {

@@ -109,10 +109,12 @@ class DatabaseLock:
     by :meth:`release` or because the process died.
     """
 
-    def __init__(self, url: str, name: str) -> None:
+    def __init__(self, url: str, name: str, give_up_after: float) -> None:
         self.url = url
         self.backend = sqlalchemy.engine.make_url(url).get_backend_name()
-        digest = hashlib.sha256(name.encode()).digest()
+        self.give_up_after = give_up_after
+        self._away_since: float | None = None  # when the database stopped answering
+        digest = _digest(name)
         self._params = {
             "key": int.from_bytes(digest[:8], "big", signed=True),
             "name": f"fmnist-tuning-{digest.hex()[:40]}",
@@ -121,11 +123,12 @@ class DatabaseLock:
         self._connection: sqlalchemy.Connection | None = None
 
     def try_acquire(self) -> bool:
-        """Takes the lock if it is free.
+        """Takes the lock if it is free. An unreachable database counts as a lock not free yet,
+        for ``give_up_after`` seconds.
 
         Raises:
-            StudyError: The database cannot be reached (the finished trials are safe in it: rerun
-                the same command once it is back).
+            StudyError: The database stayed unreachable that long (the finished trials are safe
+                in it: rerun the same command once it is back).
         """
         self.release()
         engine = sqlalchemy.create_engine(self.url, poolclass=NullPool, **engine_options(self.url))
@@ -140,12 +143,20 @@ class DatabaseLock:
             if connection is not None:
                 with contextlib.suppress(sqlalchemy.exc.DBAPIError):
                     connection.close()
-            if isinstance(err, sqlalchemy.exc.DBAPIError):
-                raise StudyError(
-                    f"cannot take a lock of the study on {redact(self.url)} "
-                    f"({first_line(err, 200)}); rerun the same command once the database is back"
-                ) from None
-            raise
+            if not isinstance(err, sqlalchemy.exc.DBAPIError):
+                raise
+            if self._away_since is None:
+                self._away_since = time.monotonic()
+                log.warning(
+                    "%s is unreachable (%s): trying again", redact(self.url), first_line(err)
+                )
+            if time.monotonic() - self._away_since < self.give_up_after:
+                return False
+            raise StudyError(
+                f"cannot take a lock of the study on {redact(self.url)} ({first_line(err, 200)}); "
+                "rerun the same command once the database is back"
+            ) from None
+        self._away_since = None
         if taken:
             self._connection = connection
         else:
@@ -175,33 +186,51 @@ class DatabaseLock:
         self._connection = None
 
 
-def study_lock(storage_url: str, study_name: str, purpose: str, fallback_dir: Path) -> Lock:
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
+def study_lock(
+    storage_url: str, study_name: str, purpose: str, fallback_dir: Path, give_up_after: float
+) -> Lock:
     """A lock of one study that every process using ``storage_url`` sees, wherever it runs.
 
-    A database server's own named lock; for an SQLite file or a journal file, a lock file beside
-    it (which the processes that share that file share too); else one in ``fallback_dir``.
+    A database server's own named lock (PostgreSQL, MySQL, MariaDB); for an SQLite file or a
+    journal file, a lock file beside it (which the processes that share that file share too); else
+    (another server, an in-memory database) one in ``fallback_dir``, which only the processes of
+    that folder share. ``give_up_after``: seconds a database server may stay unreachable.
     """
-    backend = None
-    if journal_path(storage_url) is None:
-        backend = sqlalchemy.engine.make_url(storage_url).get_backend_name()
-    if backend in _SERVER_LOCKS:
-        return DatabaseLock(storage_url, f"{purpose} of study {study_name}")
+    name = f"{purpose} of study {study_name}"
     journal = journal_path(storage_url)
-    database = storage_url.removeprefix("sqlite:///")
+    url = None if journal is not None else sqlalchemy.engine.make_url(storage_url)
+    if url is not None and url.get_backend_name() in _SERVER_LOCKS:
+        return DatabaseLock(storage_url, name, give_up_after)
     if journal is not None:
         beside = journal
-    elif backend == "sqlite" and database != storage_url and database not in ("", ":memory:"):
-        beside = Path(database)
+    elif (
+        url is not None
+        and url.get_backend_name() == "sqlite"
+        and url.database not in (None, "", ":memory:")
+    ):
+        beside = Path(url.database)
     else:
+        if url is not None and url.get_backend_name() != "sqlite":
+            log.warning(
+                "%s has no lock this tool knows: the %s is locked per output folder only",
+                url.get_backend_name(),
+                purpose,
+            )
         beside = fallback_dir / "study"
-    return FileLock(beside.with_name(f".{beside.name}.{study_name}.{purpose}.lock"))
+    # The study's name hashed: any name makes a valid file name.
+    return FileLock(beside.with_name(f".{beside.name}.{_digest(name).hex()[:16]}.lock"))
 
 
-def hold(lock: Lock, waiting: str, poll: float = 1.0) -> None:
+def hold(lock: Lock, waiting: str, poll: float = 2.0) -> None:
     """Takes ``lock``, waiting as long as another process holds it; logs ``waiting`` once.
 
     Raises:
         fmnist_tuning.faults.Interrupted: A signal arrived while waiting.
+        StudyError: The lock's database stayed unreachable too long.
     """
     said = False
     while not lock.try_acquire():

@@ -166,7 +166,8 @@ def load_raw(data_dir: str | Path) -> RawFashionMNIST:
 def load_test(data_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Decodes the official test set (images, labels) in ``data_dir``, once per process.
 
-    Only the final model's one test pass and the report's pictures of its mistakes read it.
+    Read where the final model is scored, for the report's pictures of its mistakes, and at the
+    start of a run that will score, so that a missing or corrupt file stops it before it trains.
 
     Raises:
         DataError: The test files are missing, partial or corrupt.

@@ -197,17 +197,22 @@ def _trials(study: optuna.Study, best: FrozenTrial | None) -> dict[str, Any]:
 
 
 def page_context(
-    study: optuna.Study, storage_url: str, drawn: list[plots.Plot], data_dir: Path | None
+    study: optuna.Study,
+    storage_url: str,
+    drawn: list[plots.Plot],
+    data_dir: Path | None,
+    test: bool = True,
 ) -> dict[str, Any]:
-    """Everything the page shows, as plain values (strings, numbers, lists, dicts)."""
+    """Everything the page shows, as plain values (strings, numbers, lists, dicts); with ``test``
+    false, nothing of the test set (not even a score stored by an earlier run)."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     best = study.best_trial if complete else None
-    result = stored_result(study, best.number) if best is not None else None
+    result = stored_result(study, best.number) if best is not None and test else None
     if best is None or best.value is None:
         headline = "no complete trial yet"
     else:
-        test = f", test accuracy {result['test_acc']:.4f}" if result else ""
-        headline = f"best val accuracy {best.value:.4f}{test} (trial {best.number})"
+        score = f", test accuracy {result['test_acc']:.4f}" if result else ""
+        headline = f"best val accuracy {best.value:.4f}{score} (trial {best.number})"
     return {
         "study_name": study.study_name,
         "headline": headline,
@@ -241,7 +246,11 @@ def page_context(
 
 
 def write_report(
-    study: optuna.Study, output_dir: Path, storage_url: str, data_dir: Path | None = None
+    study: optuna.Study,
+    output_dir: Path,
+    storage_url: str,
+    data_dir: Path | None = None,
+    test: bool = True,
 ) -> Path:
     """Writes ``<output_dir>/plots/`` and ``<output_dir>/report.html`` for ``study``.
 
@@ -253,6 +262,7 @@ def write_report(
         storage_url: The study's storage (shown with any password masked).
         data_dir: The Fashion-MNIST folder, for the pictures of test mistakes; by default the one
             the study recorded when it was created.
+        test: False for a run with ``--no-test``: the page shows nothing of the test set.
 
     Returns:
         The path of ``report.html``.
@@ -262,7 +272,7 @@ def write_report(
     plots.write_plots(drawn, output_dir / PLOTS_DIR)
     if data_dir is None and (recorded := study.user_attrs.get(RUN_SETTINGS, {}).get("data_dir")):
         data_dir = Path(recorded)
-    context = page_context(study, storage_url, drawn, data_dir)
+    context = page_context(study, storage_url, drawn, data_dir, test)
     grid = output_dir / PLOTS_DIR / MISTAKES_PNG
     if context["test"].get("grid_png"):
         write_atomic(grid, context["test"]["grid_png"])

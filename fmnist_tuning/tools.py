@@ -1,7 +1,7 @@
 """How the measurement tools in ``benchmarks/`` start: process settings, log lines, the data check.
 
-Each calls :func:`start` first thing (before its own imports of Lightning), then
-:func:`data_ready` in ``main``.
+Those that train in their own process call :func:`start` first thing (before their own imports of
+Lightning), then :func:`data_ready` in ``main``.
 """
 
 from __future__ import annotations

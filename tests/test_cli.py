@@ -152,3 +152,15 @@ def test_script_reports_bad_input_without_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "Fashion-MNIST" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["report"], ["report", "--storage"], ["report", "--bogus", "1"], ["report", "--storage", "x"]],
+)
+def test_fmnist_tune_report_refuses_bad_input_in_one_line(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("fmnist-tune report: error: ")

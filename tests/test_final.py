@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,10 @@ import optuna
 import pytest
 from lightning.pytorch.callbacks import Callback
 
-from fmnist_tuning import final
+from fmnist_tuning import final, results
 from fmnist_tuning.cli import main
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.keys import FINAL_MODEL, REPORT_HTML
+from fmnist_tuning.keys import FINAL_MODEL, FINAL_MODELS, REPORT_HTML
 from fmnist_tuning.loop import optimize
 from fmnist_tuning.study import load_or_create
 from tests.conftest import N_TEST, N_TRAIN, load_script
@@ -114,9 +115,17 @@ def test_one_test_pass_per_final_model_across_tune_resume_report_and_no_retrain(
     assert len(passes) == 2 and passes[0] != passes[1]
     assert main(args) == 0  # back to the retrained model: read again, and shown again
     assert len(passes) == 2
+    assert main([*args, "--no-test"]) == 0  # nothing of the test set, not even the stored score
+    assert len(passes) == 2
+    unscored = json.loads((out / "best.json").read_text())
+    assert unscored["test_acc"] is None and unscored["test_set"] == "not scored (--no-test)"
+    assert "test accuracy 0." not in (out / REPORT_HTML).read_text()
+    assert main(args) == 0
 
     best = json.loads((out / "best.json").read_text())
-    assert best["retrained_on_full_train"] and best["checkpoint"] == str(passes[0].resolve())
+    scored = final.final_path(out, best["trial"])  # the file scored, moved into place once stored
+    assert best["retrained_on_full_train"] and best["checkpoint"] == str(scored.resolve())
+    assert scored.is_file() and not passes[0].exists()
     attrs = optuna.load_study(study_name="fmnist-mlp", storage=storage).user_attrs
     stored = [v for k, v in attrs.items() if k.startswith(FINAL_MODEL)]
     assert len(stored) == 2  # the retrained model and the trial's checkpoint, each scored once
@@ -128,3 +137,59 @@ def test_one_test_pass_per_final_model_across_tune_resume_report_and_no_retrain(
     low, high = best["test_acc_ci95"]
     assert low < best["test_acc"] <= high or best["test_acc"] == high == 1.0
     assert "retrained on all training images" in page
+
+
+class _DroppingLock:
+    """A lock whose database connection drops at its ``drop_at``-th check; another machine stores
+    the final model's result before this one can take the lock again."""
+
+    def __init__(self, drop_at: int, other_machine: Callable[[], None]) -> None:
+        self.drop_at, self.other_machine = drop_at, other_machine
+        self.checks, self.lost = 0, False
+
+    def try_acquire(self) -> bool:
+        if self.lost:
+            self.other_machine()
+            self.lost = False
+        return True
+
+    def held(self) -> bool:
+        self.checks += 1
+        self.lost = self.lost or self.checks == self.drop_at
+        return not self.lost
+
+    def release(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("drop_at", [1, 2], ids=["before-the-test-pass", "during-it"])
+def test_a_lost_lock_yields_to_the_result_another_machine_stored_meanwhile(
+    run_config: RunConfig, monkeypatch: pytest.MonkeyPatch, drop_at: int
+) -> None:
+    run = dataclasses.replace(run_config, n_trials=1)
+    study = load_or_create(run)
+    optimize(study, run)
+    key = results.model_key(0, retrained=True)
+    theirs = {"trial": 0, "test_acc": 0.5, "model": "on the other machine"}
+    lock = _DroppingLock(drop_at, lambda: results.store_model(study, key, theirs))
+    monkeypatch.setattr(final.locks, "study_lock", lambda *args: lock)
+    passes: list[Path] = []
+    score = final.score_on_test
+    monkeypatch.setattr(final, "score_on_test", lambda m, r: passes.append(m) or score(m, r))
+
+    assert (
+        final._final_model(study, study.best_trial, run, final.artifacts.open_store(run)) == theirs
+    )
+    assert results.stored_model(study, key) == theirs  # the first result stored counts
+    assert len(passes) == drop_at - 1  # dropped before the test pass: no pass at all
+    assert not list((run.output_dir / "checkpoints").glob("*final*"))  # no unscored final model
+
+
+def test_a_study_of_an_earlier_version_keeps_its_stored_final_model() -> None:
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.9))
+    key = results.model_key(0, retrained=True)
+    legacy = {"trial": 0, "test_acc": 0.91}
+    study.set_user_attr(FINAL_MODELS, {"current": key, "models": {key: legacy}})
+    assert results.stored_result(study, 0) == legacy
+    assert results.stored_model(study, key) == legacy  # so it is never scored again

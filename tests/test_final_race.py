@@ -43,15 +43,23 @@ def _best(tmp_path: Path, machine: str) -> dict[str, object]:
     return {k: v for k, v in best.items() if k not in LOCAL}
 
 
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12,000 images: a trial of the (wide) starting configuration, and its retrain, take seconds."""
+    return write_fake_fmnist(tmp_path_factory.mktemp("data"), n_train=12_000)
+
+
 def test_two_machines_finishing_together_train_and_score_the_final_model_once(
-    fake_data_dir: Path, tmp_path: Path
+    data: Path, tmp_path: Path
 ) -> None:
+    # One trial: one machine trains it, the other waits for it, and both finish together.
     with pg_study() as (url, name):
-        machines = _machines(fake_data_dir, tmp_path, url, name, "--n-trials", "4")
+        machines = _machines(data, tmp_path, url, name, "--n-trials", "1")
         codes = [m.wait() for m in machines]
         logs = [m.stderr for m in machines]
         finals = _final_models(url, name)
     assert codes == [0, 0], logs
+    assert sum(log.count(WAITING) for log in logs) == 1, logs  # they did meet at the lock
     assert sum(log.count(RETRAIN) for log in logs) == 1, logs
     assert sum(log.count(SCORE) for log in logs) == 1, logs
     assert len(finals) == 1
@@ -60,10 +68,8 @@ def test_two_machines_finishing_together_train_and_score_the_final_model_once(
 
 
 def test_a_finalizer_killed_mid_retrain_is_taken_over_by_the_other_machine(
-    tmp_path: Path,
+    data: Path, tmp_path: Path
 ) -> None:
-    # One trial of the (wide) starting configuration on 12,000 images: a retrain of seconds.
-    data = write_fake_fmnist(tmp_path / "data", n_train=12_000)
     with pg_study() as (url, name):
         machines = _machines(data, tmp_path, url, name, "--n-trials", "1", "--max-epochs", "2")
         wait_for(lambda: any(RETRAIN in m.stderr for m in machines), 240, "a retrain")
