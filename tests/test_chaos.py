@@ -18,7 +18,7 @@ def test_random_sigkills_lose_no_trial(fake_data_dir: Path, tmp_path: Path) -> N
     chaos = load_script("chaos")
     args = ["--storage", pg_url_or_skip(), "--data-dir", str(fake_data_dir)]
     args += ["--output-dir", str(tmp_path), "--val-size", str(VAL_SIZE), "--max-epochs", "1"]
-    args += ["--trials", "40", "--workers", "4", "--kill-every", "10", "--timeout", "170"]
+    args += ["--trials", "40", "--workers", "4", "--kill-every", "4", "--timeout", "170"]
     code = chaos.main(args)
     figures = json.loads((tmp_path / "chaos.json").read_text())
     assert figures["problems"] == [] and code == 0, figures

@@ -32,7 +32,10 @@ def test_cut_connections_lose_no_trial(fake_data_dir: Path, tmp_path: Path) -> N
         args = tune_args(
             fake_data_dir, tmp_path / "out", "--workers", "2", "--n-trials", str(total)
         )
-        args += ["--storage", proxy.url(url), "--study-name", name, "--max-epochs", "3"]
+        # Trials of 6 epochs (no early stop, no pruning): long enough for cuts to land in them
+        # on a fast host too.
+        args += ["--storage", proxy.url(url), "--study-name", name, "--pruner", "none"]
+        args += ["--max-epochs", "6", "--early-stopping", "6"]
         args += ["--heartbeat-interval", "1", "--grace-period", "5", "--storage-timeout", "60"]
         with Tune(args, tmp_path / "cut.log") as tune:
             wait_for(lambda: started(url, name), 120, "a running trial")
@@ -40,7 +43,7 @@ def test_cut_connections_lose_no_trial(fake_data_dir: Path, tmp_path: Path) -> N
             while tune.proc.poll() is None:
                 if started(url, name) and proxy.cut():
                     cuts_during_trials += 1
-                time.sleep(1.0)
+                time.sleep(0.5)
             code = tune.wait()
         log = tune.stderr
         trials = _trials(url, name)
