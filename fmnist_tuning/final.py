@@ -216,12 +216,10 @@ def _make_and_score(
     key = model_key(best.number, run.retrain)
     checkpoint = _trial_checkpoint(best, run, store)
     epochs = best_epoch(best)
-    model = checkpoint
-    if run.retrain:
-        place = final_path(run.output_dir, best.number)
-        model = place.with_name(f".{place.name}.{os.getpid()}.part")
+    place = final_path(run.output_dir, best.number) if run.retrain else None  # None: no retrain
+    model = checkpoint if place is None else place.with_name(f".{place.name}.{os.getpid()}.part")
     try:
-        if run.retrain:
+        if place is not None:
             config = suggest_config(optuna.trial.FixedTrial(best.params))
             log.info(
                 "retraining trial %d's configuration on all training images: %d epochs of a "
@@ -237,9 +235,9 @@ def _make_and_score(
         result = {
             "trial": best.number,
             "retrained": run.retrain,
-            "model": str((place if run.retrain else model).resolve()),
+            "model": str((place or model).resolve()),
             "model_artifact": artifacts.upload(store, model, study)  # for other machines
-            if run.retrain
+            if place is not None
             else best.user_attrs.get(CHECKPOINT_ARTIFACT),
             "epochs": epochs,  # the checkpoint's epoch, and the epochs the retrain trains
             "schedule_epochs": run.max_epochs,
@@ -249,11 +247,11 @@ def _make_and_score(
         if (other := _stored_meanwhile(study, key, lock)) is not None:
             return other  # the lock was lost during the test pass: the first result counts
         store_model(study, key, result)
-        if run.retrain:
+        if place is not None:
             model.replace(place)
         return result
     finally:
-        if run.retrain:
+        if place is not None:
             model.unlink(missing_ok=True)
 
 

@@ -51,18 +51,18 @@ class FileLock:
 
     def acquire(self) -> None:
         """Waits until the lock is free, then takes it."""
-        if fcntl is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a")  # noqa: SIM115 (held until release())
-            fcntl.flock(self._file, fcntl.LOCK_EX)
+        self._take(wait=True)
 
     def try_acquire(self) -> bool:
+        return self._take(wait=False)
+
+    def _take(self, wait: bool) -> bool:
         if fcntl is None:
             return True
         self.path.parent.mkdir(parents=True, exist_ok=True)
         file = open(self.path, "a")  # noqa: SIM115 (held until release())
         try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(file, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             file.close()
             return False
