@@ -5,7 +5,7 @@
 Every variant trains the documented starting configuration (``search_space.DEFAULT_PARAMS``, a new
 study's first trial) with the real objective, on the study's own seeded train/validation split, for
 ``--max-epochs`` epochs without pruning or early stopping, and changes one piece of the fixed recipe
-(``search_space.LABEL_SMOOTHING``, ``SCHEDULER``, ``FLIP``). The test set is never read. Prints, and
+(``search_space.LABEL_SMOOTHING``, ``SCHEDULER``, ``FLIP``) or the configuration's hidden widths. The test set is never read. Prints, and
 appends to ``--output`` (CSV), one row per (variant, seed): best validation accuracy, its epoch, the
 accuracy at the last epoch and the training time.
 """
@@ -44,6 +44,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "smoothing_0.05": {"LABEL_SMOOTHING": 0.05},
     "smoothing_0.2": {"LABEL_SMOOTHING": 0.2},
     "no_onecycle": {"SCHEDULER": "none"},
+    # Other widths for the starting configuration itself (everything else as DEFAULT_PARAMS)
+    **{
+        f"widths_{'_'.join(map(str, widths))}": {
+            "DEFAULT_PARAMS": {
+                **search_space.DEFAULT_PARAMS,
+                "n_layers": len(widths),
+                **{f"n_units_l{i}": w for i, w in enumerate(widths)},
+            }
+        }
+        for widths in ((2000, 640), (1024, 640), (1024, 1024), (640, 640), (1024, 512, 256))
+    },
 }
 FIELDS = ("variant", "seed", "max_epochs", "best_val_acc", "best_epoch", "last_val_acc", "seconds")
 

@@ -105,7 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, help="default $FMNIST_DATA_DIR, else ./data")
     p.add_argument("--n-trials", type=_integer, default=d.n_trials, help="study total")
     p.add_argument("--timeout", type=_number, help="seconds; no new trial after it")
-    p.add_argument("--max-epochs", type=_integer, default=d.max_epochs)
+    p.add_argument(
+        "--max-epochs",
+        type=_integer,
+        default=d.max_epochs,
+        help="epochs per trial at most (default %(default)s)",
+    )
+    p.add_argument(
+        "--final-epochs",
+        type=_integer,
+        default=d.final_epochs,
+        help="the final model's longer schedule, tried on the validation split before the retrain; "
+        "kept only if it scores higher there (default %(default)s)",
+    )
     p.add_argument("--sampler", metavar=_choice("sampler"), default=d.sampler)
     p.add_argument("--pruner", metavar=_choice("pruner"), default=d.pruner)
     p.add_argument("--patience", type=_integer, help="stop after K trials without a new best")

@@ -22,11 +22,12 @@ from typing import Any
 import lightning.pytorch as pl
 import optuna
 import torch
+from lightning.pytorch.callbacks import Callback
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 from scipy.stats import binomtest
 
-from fmnist_tuning import artifacts, locks
+from fmnist_tuning import artifacts, locks, schedule
 from fmnist_tuning.callbacks import StopAfterEpochs
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.data import FashionMNISTDataModule
@@ -60,26 +61,25 @@ def final_path(output_dir: Path, trial: int) -> Path:
 
 
 def best_epoch(trial: FrozenTrial) -> int:
-    """The epoch (from 1) of the trial's best validation accuracy: where its checkpoint was saved.
-
-    The first of equal bests, as checkpointing and early stopping count only a strict gain.
-    """
-    curve = [trial.intermediate_values[step] for step in sorted(trial.intermediate_values)]
-    return 1 + max(range(len(curve)), key=lambda i: (curve[i], -i)) if curve else 0
+    """The epoch (from 1) of the trial's best validation accuracy: where its checkpoint was saved."""
+    return schedule.best_epoch(schedule.trial_curve(trial))
 
 
-def retrain_full(config: TrialConfig, run: RunConfig, epochs: int, path: Path, seed: int) -> Path:
+def retrain_full(
+    config: TrialConfig, run: RunConfig, epochs: int, path: Path, seed: int, schedule_epochs: int
+) -> Path:
     """Trains ``config`` afresh on all 60,000 training images; saves the weights at ``path``.
 
-    The recipe of the validated model, the trial's checkpoint: the same one-cycle schedule, spanning
-    ``run.max_epochs`` epochs as in every trial of the study, stopped after ``epochs`` epochs (the
-    trial's best), from the trial's seed. Only the data differ: the 5,000 validation images are
+    The recipe validated on the 55k/5k split (:mod:`fmnist_tuning.schedule`): the one-cycle
+    schedule of ``schedule_epochs`` epochs, stopped after ``epochs`` epochs (its best on
+    validation), from the trial's seed. Only the data differ: the 5,000 validation images are
     trained on too (so the batches, and the draws that shuffle and flip them, differ as well).
     """
     pl.seed_everything(seed, verbose=False)
     module = build_module(config)
     datamodule = build_datamodule(config, run, full_train=True)
-    trainer = build_trainer(run, callbacks=[StopAfterEpochs(epochs)], limit_val_batches=0)
+    stop: list[Callback] = [StopAfterEpochs(epochs)]
+    trainer = build_trainer(run, callbacks=stop, limit_val_batches=0, max_epochs=schedule_epochs)
     trainer.fit(module, datamodule=datamodule)
     path.parent.mkdir(parents=True, exist_ok=True)
     trainer.save_checkpoint(path, weights_only=True)
@@ -164,6 +164,12 @@ def local_model(final: dict[str, Any], run: RunConfig, store: Any | None = None)
     return here if here.is_file() else Path(final["model"])
 
 
+def _key(best: FrozenTrial, run: RunConfig) -> str:
+    """The name of the final model this run makes of ``best`` (its stored result's key)."""
+    longer = run.final_epochs if run.final_epochs > run.max_epochs else 0
+    return model_key(best.number, run.retrain, longer)
+
+
 WAITING = "another process of this study is making its final model: waiting"
 LOST = "the final model's lock was lost (its database connection dropped): waiting to take it again"
 
@@ -181,7 +187,7 @@ def _final_model(
     too, but only the first result stored counts.) Either way it becomes the study's current
     final model.
     """
-    key = model_key(best.number, run.retrain)
+    key = _key(best, run)
     stored = stored_model(study, key)
     if stored is None:
         lock = locks.study_lock(
@@ -213,22 +219,25 @@ def _make_and_score(
     A retrained model is written beside its place and moved there only once its result is
     stored: the file at :func:`final_path` is always a scored model.
     """
-    key = model_key(best.number, run.retrain)
+    key = _key(best, run)
     checkpoint = _trial_checkpoint(best, run, store)
-    epochs = best_epoch(best)
+    epochs, schedule_epochs, choice = best_epoch(best), run.max_epochs, None
     place = final_path(run.output_dir, best.number) if run.retrain else None  # None: no retrain
     model = checkpoint if place is None else place.with_name(f".{place.name}.{os.getpid()}.part")
     try:
         if place is not None:
             config = suggest_config(optuna.trial.FixedTrial(best.params))
+            choice = schedule.choose(best, config, run)  # on the validation split only
+            chosen = choice["candidates"][choice["chosen"]]
+            epochs, schedule_epochs = chosen["epochs"], chosen["schedule_epochs"]
             log.info(
                 "retraining trial %d's configuration on all training images: %d epochs of a "
-                "%d-epoch schedule, as the trial's best checkpoint",
+                "%d-epoch schedule",
                 best.number,
                 epochs,
-                run.max_epochs,
+                schedule_epochs,
             )
-            retrain_full(config, run, epochs, model, seed=run.seed + best.number)
+            retrain_full(config, run, epochs, model, run.seed + best.number, schedule_epochs)
         if (other := _stored_meanwhile(study, key, lock)) is not None:
             return other  # another process made and scored it meanwhile: never score twice
         log.info("scoring trial %d's final model on the official test set (once)", best.number)
@@ -239,8 +248,9 @@ def _make_and_score(
             "model_artifact": artifacts.upload(store, model, study)  # for other machines
             if place is not None
             else best.user_attrs.get(CHECKPOINT_ARTIFACT),
-            "epochs": epochs,  # the checkpoint's epoch, and the epochs the retrain trains
-            "schedule_epochs": run.max_epochs,
+            "epochs": epochs,  # the checkpoint's epoch, or the epochs the retrain trains
+            "schedule_epochs": schedule_epochs,  # of a one-cycle schedule this long
+            "schedule_choice": choice,  # the schedules scored on validation, and the one chosen
             **score_on_test(model, run),
             "scored_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         }
@@ -297,7 +307,8 @@ def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
         "epochs": best.user_attrs.get(EPOCHS),
         "best_epoch": best_epoch(best),
         "final_epochs": final.get("epochs"),  # epochs the final model trained, of a schedule of
-        "schedule_epochs": final["schedule_epochs"],  # this many (the study's --max-epochs)
+        "schedule_epochs": final["schedule_epochs"],  # this many, chosen on validation:
+        "final_schedule": final.get("schedule_choice"),  # every schedule scored, and the rule
         "checkpoint": str(model),  # the model test_acc is measured on, on this machine
         "model_artifact": final.get("model_artifact"),  # the same file in the artifact store
         "artifact_store": artifacts.store_location(run),

@@ -17,6 +17,7 @@ from fmnist_tuning.keys import EPOCHS
 log = logging.getLogger("fmnist_tuning")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards --n-trials
+RUNG_PREFIX = "completed_rung_"  # Optuna's successive halving: the trial's value at a rung
 
 
 def count_states(study: optuna.Study) -> Counter[TrialState]:
@@ -61,6 +62,16 @@ def summarize(study: optuna.Study) -> str:
     )
 
 
+def rungs(trial: FrozenTrial) -> int | None:
+    """How many successive-halving rungs scored the trial (``--pruner asha`` or hyperband).
+
+    The pruner records a trial's value at each rung it reaches (``completed_rung_<k>``); a pruned
+    trial stopped at its last one. None under a pruner without rungs (median, none).
+    """
+    reached = sum(key.startswith(RUNG_PREFIX) for key in trial.system_attrs)
+    return reached or None
+
+
 def describe(trial: FrozenTrial) -> str:
     """The trial in one line: number, state, value, epochs, seconds, parameters."""
     params = " ".join(
@@ -68,9 +79,10 @@ def describe(trial: FrozenTrial) -> str:
     )
     value = "-" if trial.value is None else f"{trial.value:.4f}"
     seconds = trial.duration.total_seconds() if trial.duration else 0.0
+    rung = "" if (reached := rungs(trial)) is None else f" rung={reached}"
     return (
         f"trial {trial.number} {trial.state.name} val_acc={value} "
-        f"epochs={trial.user_attrs.get(EPOCHS, 0)} {seconds:.1f}s {params}"
+        f"epochs={trial.user_attrs.get(EPOCHS, 0)}{rung} {seconds:.1f}s {params}"
     )
 
 

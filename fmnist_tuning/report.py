@@ -24,7 +24,7 @@ from fmnist_tuning import plots
 from fmnist_tuning.errors import DataError
 from fmnist_tuning.files import write_atomic
 from fmnist_tuning.keys import EPOCHS, PLOTS_DIR, REPORT_HTML, RUN_SETTINGS
-from fmnist_tuning.progress import count_states, format_duration, wall_time
+from fmnist_tuning.progress import count_states, format_duration, rungs, wall_time
 from fmnist_tuning.raw import CLASS_NAMES, N_CLASSES, load_test
 from fmnist_tuning.results import stored_result
 from fmnist_tuning.storage import redact
@@ -150,7 +150,17 @@ def _test(result: dict[str, Any] | None, data_dir: Path | None) -> dict[str, Any
             grid_png = plots.mistakes_png(images, result["confused"])
         except DataError as err:
             grid_note = f"Test images not shown: {err}"
-    kind = "retrained on all training images" if result["retrained"] else "the trial's checkpoint"
+    kind = "the trial's checkpoint"
+    if result["retrained"]:
+        kind = (
+            f"retrained on all training images: {result['epochs']} epochs of a "
+            f"{result['schedule_epochs']}-epoch schedule"
+        )
+        if choice := result.get("schedule_choice"):
+            scored = ", ".join(
+                f"{c['schedule_epochs']} epochs: {c['val_acc']:.4f}" for c in choice["candidates"]
+            )
+            kind += f", chosen on validation ({scored})"
     return {
         "skipped": None,
         "score": _score(result),
@@ -183,6 +193,7 @@ def _trials(study: optuna.Study, best: FrozenTrial | None) -> dict[str, Any]:
                 "sort": "-Infinity" if t.value is None else t.value,
             },
             {"text": t.user_attrs.get(EPOCHS, "-"), "sort": None},
+            {"text": rungs(t) or "-", "sort": None},
             {
                 "text": "-" if seconds is None else f"{seconds:.1f}",
                 "sort": "-Infinity" if seconds is None else seconds,
@@ -193,7 +204,10 @@ def _trials(study: optuna.Study, best: FrozenTrial | None) -> dict[str, Any]:
             number = isinstance(v, int | float) and not isinstance(v, bool)
             cells.append({"text": "" if v is None else _fmt(v), "sort": v if number else ""})
         rows.append({"cells": cells, "best": best is not None and t.number == best.number})
-    return {"header": ["trial", "state", "val acc", "epochs", "seconds", *names], "rows": rows}
+    return {
+        "header": ["trial", "state", "val acc", "epochs", "rung", "seconds", *names],
+        "rows": rows,
+    }
 
 
 def page_context(

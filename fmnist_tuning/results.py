@@ -15,9 +15,15 @@ import optuna
 from fmnist_tuning.keys import FINAL_CURRENT, FINAL_MODEL, FINAL_MODELS
 
 
-def model_key(trial: int, retrained: bool) -> str:
-    """The name of a final model: the trial it was made from, and how."""
-    return f"trial {trial} {'retrained on all training images' if retrained else 'checkpoint'}"
+def model_key(trial: int, retrained: bool, final_epochs: int = 0) -> str:
+    """The name of a final model: the trial it was made from, and how.
+
+    ``final_epochs``: the longest schedule validated for its retrain (``--final-epochs``).
+    """
+    if not retrained:
+        return f"trial {trial} checkpoint"
+    longest = f", schedules up to {final_epochs} epochs validated" if final_epochs else ""
+    return f"trial {trial} retrained on all training images{longest}"
 
 
 def stored_model(study: optuna.Study, key: str) -> dict[str, Any] | None:

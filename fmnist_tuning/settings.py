@@ -16,12 +16,13 @@ from fmnist_tuning.errors import SettingsError
 
 CHOICES = {
     "sampler": ("tpe", "random", "grid"),
-    "pruner": ("median", "hyperband", "none"),
+    "pruner": ("asha", "median", "hyperband", "none"),
     "accelerator": ("auto", "cpu", "gpu"),
 }
 POSITIVE_INTS = (
     "n_trials",
     "max_epochs",
+    "final_epochs",
     "patience",
     "early_stopping",
     "val_size",

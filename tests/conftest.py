@@ -98,6 +98,7 @@ def run_config(fake_data_dir: Path, tmp_path: Path) -> RunConfig:
         data_dir=fake_data_dir,
         n_trials=2,
         max_epochs=2,
+        final_epochs=2,  # the trial's own schedule: tests of the longer one ask for it
         val_size=VAL_SIZE,
         accelerator="cpu",
         warm_start=False,  # tests enqueue their own trials

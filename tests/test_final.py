@@ -18,6 +18,7 @@ from fmnist_tuning.cli import main
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.keys import FINAL_MODEL, FINAL_MODELS, REPORT_HTML
 from fmnist_tuning.loop import optimize
+from fmnist_tuning.search_space import TrialConfig
 from fmnist_tuning.study import load_or_create
 from tests.conftest import N_TEST, N_TRAIN, load_script
 from tests.processes import tune_args
@@ -193,3 +194,81 @@ def test_a_study_of_an_earlier_version_keeps_its_stored_final_model() -> None:
     study.set_user_attr(FINAL_MODELS, {"current": key, "models": {key: legacy}})
     assert results.stored_result(study, 0) == legacy
     assert results.stored_model(study, key) == legacy  # so it is never scored again
+
+
+def _schedule_study(run: RunConfig) -> optuna.Study:
+    study = load_or_create(run)
+    study.enqueue_trial(
+        {"n_layers": 1, "n_units_l0": 128, "dropout": 0.0, "batch_norm": True,
+         "optimizer": "adam", "lr_adam": 3e-3, "weight_decay": 1e-6, "batch_size": 128}
+    )  # fmt: skip
+    optimize(study, run)
+    return study
+
+
+@pytest.mark.parametrize(
+    ("longer_curve", "chosen"),
+    [
+        ([0.2, 0.3, 0.9, 0.5], 1),  # the longer schedule peaks higher: it is used, to its peak
+        ([0.1, 0.1, 0.1, 0.1], 0),  # lower: the trial's own stays
+        ([0.1, 0.8, 0.1, 0.1], 0),  # a tie: the trial's own, shorter schedule stays
+    ],
+)
+def test_the_final_schedule_is_the_one_with_the_higher_validation_accuracy(
+    run_config: RunConfig,
+    monkeypatch: pytest.MonkeyPatch,
+    longer_curve: list[float],
+    chosen: int,
+) -> None:
+    run = dataclasses.replace(run_config, max_epochs=2, final_epochs=4)
+    trial = _trial([0.7, 0.8])
+    asked: list[int] = []
+
+    def curve(config: Any, run: RunConfig, schedule_epochs: int, seed: int) -> list[float]:
+        asked.append(schedule_epochs)
+        return longer_curve
+
+    monkeypatch.setattr(final.schedule, "validation_curve", curve)
+    choice = final.schedule.choose(trial, TrialConfig(), run)
+    assert asked == [4]
+    assert [(c["schedule_epochs"], c["epochs"], c["val_acc"]) for c in choice["candidates"]] == [
+        (2, 2, 0.8),
+        (4, 1 + longer_curve.index(max(longer_curve)), max(longer_curve)),
+    ]
+    assert choice["chosen"] == chosen
+    assert [c["curve"] for c in choice["candidates"]] == [[0.7, 0.8], longer_curve]
+
+
+def test_no_longer_schedule_is_tried_when_final_epochs_is_not_longer(
+    run_config: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(final.schedule, "validation_curve", None)  # would fail if called
+    run = dataclasses.replace(run_config, max_epochs=4, final_epochs=4)
+    choice = final.schedule.choose(_trial([0.7, 0.8, 0.75]), TrialConfig(), run)
+    assert (choice["chosen"], len(choice["candidates"])) == (0, 1)
+
+
+def test_the_final_model_trains_the_schedule_validation_chose_and_best_json_records_it(
+    run_config: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = dataclasses.replace(run_config, n_trials=1, max_epochs=2, final_epochs=4)
+    study = _schedule_study(run)
+    seen: dict[str, Any] = {}
+    build = final.build_trainer
+
+    def spying(*args: Any, **kwargs: Any) -> pl.Trainer:
+        if kwargs.get("limit_val_batches") == 0:  # the retrain's Trainer
+            kwargs["callbacks"] = [*kwargs.get("callbacks", []), _Spy(seen)]
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(final, "build_trainer", spying)
+    result = final.finalize(study, run)
+    assert result is not None
+    choice = result["final_schedule"]
+    assert [len(c["curve"]) for c in choice["candidates"]] == [2, 4]  # a real 4-epoch run
+    picked = choice["candidates"][choice["chosen"]]
+    assert picked["val_acc"] == max(c["val_acc"] for c in choice["candidates"])
+    assert seen["max_epochs"] == picked["schedule_epochs"] == result["schedule_epochs"]
+    assert seen["epochs"] == picked["epochs"] == result["final_epochs"]
+    assert seen["schedule_steps"] == picked["schedule_epochs"] * seen["batches"]
+    assert json.loads((run.output_dir / "best.json").read_text())["final_schedule"] == choice

@@ -71,7 +71,7 @@ def test_every_grid_point_lies_inside_the_search_space() -> None:
 
 def test_default_params_are_a_point_of_the_search_space() -> None:
     config = suggest_config(optuna.trial.FixedTrial(DEFAULT_PARAMS))
-    assert config.hidden_sizes == (2000, 640) and config.optimizer == "adamw"
+    assert config.hidden_sizes == (1024, 640) and config.optimizer == "adamw"
     study = optuna.create_study()
     study.enqueue_trial(DEFAULT_PARAMS)
     trial = study.ask()
@@ -86,4 +86,4 @@ def test_model_kwargs_match_the_module_signature() -> None:
     from fmnist_tuning.model import FashionMNISTClassifier
 
     module = FashionMNISTClassifier(**TrialConfig().model_kwargs())
-    assert module.hparams["hidden_sizes"] == [2000, 640]
+    assert module.hparams["hidden_sizes"] == [1024, 640]

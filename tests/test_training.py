@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from optuna.trial import TrialState
 
-from fmnist_tuning import objective, runtime, trainer
+from fmnist_tuning import objective, progress, runtime, trainer
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.keys import VAL_ACC
 from fmnist_tuning.loop import optimize
@@ -75,13 +75,54 @@ def _enqueued_study(run: RunConfig, bad: int) -> optuna.Study:
 
 
 def test_median_pruning_stops_clearly_worse_trials(run_config: RunConfig) -> None:
-    run = dataclasses.replace(run_config, n_trials=7, max_epochs=5, early_stopping=5)
+    run = dataclasses.replace(
+        run_config, n_trials=7, max_epochs=5, early_stopping=5, pruner="median"
+    )
     study = _enqueued_study(run, bad=2)
     states = [t.state for t in study.trials]
     assert states[:5] == [TrialState.COMPLETE] * 5
     assert states[5:] == [TrialState.PRUNED] * 2
     # pruned after the warm-up (epochs 0-1 are never pruned), before the last epoch
     assert all(3 <= t.user_attrs["epochs"] < 5 for t in study.trials[5:])
+
+
+def _after_rivals(
+    run: RunConfig, params: dict[str, Any], rung_value: float
+) -> optuna.trial.FrozenTrial:
+    """Runs one trial after three finished rivals scored ``rung_value`` at the first rung."""
+    study = load_or_create(run)
+    for _ in range(3):
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.PRUNED,
+                intermediate_values={0: rung_value, 1: rung_value},
+                system_attrs={"completed_rung_0": rung_value},
+            )
+        )
+    study.enqueue_trial(params)
+    optimize(study, run)
+    return study.trials[-1]
+
+
+def test_successive_halving_stops_a_trial_at_its_first_rung_when_rivals_did_better(
+    run_config: RunConfig,
+) -> None:
+    run = dataclasses.replace(run_config, n_trials=4, max_epochs=5, early_stopping=5, pruner="asha")
+    trial = _after_rivals(run, BAD, rung_value=0.9)  # BAD is near chance after two epochs
+    assert trial.state == TrialState.PRUNED
+    assert trial.user_attrs["epochs"] == 2  # the first rung: after the second epoch
+    assert progress.rungs(trial) == 1
+    assert "rung=1" in progress.describe(trial)
+
+
+def test_successive_halving_lets_the_best_at_a_rung_train_on_to_the_full_budget(
+    run_config: RunConfig,
+) -> None:
+    run = dataclasses.replace(run_config, n_trials=4, max_epochs=5, early_stopping=5, pruner="asha")
+    trial = _after_rivals(run, GOOD, rung_value=0.0)  # the top third at the rung: promoted
+    assert trial.state == TrialState.COMPLETE
+    assert trial.user_attrs["epochs"] == 5  # through the second rung (after epoch 4) to the end
+    assert progress.rungs(trial) == 2
 
 
 def test_pruner_none_lets_every_trial_finish(run_config: RunConfig, tmp_path: Path) -> None:

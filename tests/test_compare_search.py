@@ -1,4 +1,4 @@
-"""benchmarks/compare_pruners.py: the best value found by each minute of a study's wall time."""
+"""benchmarks/compare_search.py: the best value by each minute, and the time to a threshold."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ START = dt.datetime(2026, 12, 1, 12, 0, 0)
 
 @pytest.fixture(scope="module")
 def compare() -> ModuleType:
-    return load_script("compare_pruners")
+    return load_script("compare_search")
 
 
 def _study(rows: list[tuple[TrialState, float | None, float, float]]) -> optuna.Study:
@@ -51,30 +51,50 @@ def test_a_trial_counts_from_the_minute_it_finished_and_pruned_ones_never(
     assert compare.best_by_minute(study, 4) == [None, 0.80, 0.85, 0.85]
 
 
-def test_summary_over_seeds_skips_seeds_without_a_result_yet(compare: ModuleType) -> None:
-    rows = compare.summarize({"median": [[None, 0.8], [0.7, 0.9]]})
-    assert [(r["minute"], r["seeds_with_a_result"], r["min"], r["max"]) for r in rows] == [
-        (1, 1, 0.7, 0.7),
-        (2, 2, 0.8, 0.9),
+def test_the_time_to_a_threshold_is_when_a_finished_trial_first_reached_it(
+    compare: ModuleType,
+) -> None:
+    study = _study(
+        [
+            (TrialState.COMPLETE, 0.89, 0, 30),
+            (TrialState.PRUNED, None, 30, 40),  # 0.99 at a low rung: not a result
+            (TrialState.COMPLETE, 0.905, 40, 95),
+            (TrialState.COMPLETE, 0.91, 95, 100),
+        ]
+    )
+    assert compare.seconds_to(study, 0.90) == 95
+    assert compare.seconds_to(study, 0.91) == 100
+    assert compare.seconds_to(study, 0.95) is None
+
+
+def test_medians_over_seeds_rank_a_missing_value_on_the_right_side(compare: ModuleType) -> None:
+    # a best value not found yet is the lowest; a threshold never reached is the latest
+    assert compare.median([None, 0.8, 0.9], missing_is_high=False) == 0.8
+    assert compare.median([None, None, 0.9], missing_is_high=False) is None
+    assert compare.median([None, 30.0, 90.0], missing_is_high=True) == 90.0
+    assert compare.median([None, None, 10.0], missing_is_high=True) is None
+    assert compare.median([20.0, 40.0], missing_is_high=True) == 30.0
+    rows = compare.summarize({"default": [[None, 0.8], [0.7, 0.9], [0.6, 0.7]]})
+    assert [
+        (r["minute"], r["seeds_with_a_result"], r["median"], r["min"], r["max"]) for r in rows
+    ] == [
+        (1, 2, 0.6, 0.6, 0.7),
+        (2, 3, 0.8, 0.7, 0.9),
     ]
-    assert rows[1]["mean"] == pytest.approx(0.85)
 
 
 @pytest.mark.integration
-def test_the_script_runs_the_real_command_per_pruner_without_the_test_files(
+def test_the_script_runs_the_real_command_per_setup_without_the_test_files(
     compare: ModuleType, train_only_data_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "cmp"
     args = ["--data-dir", str(train_only_data_dir), "--seeds", "0", "--timeout", "60",
-            "--n-trials", "2", "--max-epochs", "1", "--val-size", str(VAL_SIZE),
+            "--n-trials", "2", "--max-epochs", "2", "--val-size", str(VAL_SIZE), "--jobs", "2",
             "--output-dir", str(out)]  # fmt: skip
     assert compare.main(args) == 0
     with (out / "studies.csv").open() as f:
         studies = list(csv.DictReader(f))
-    assert [(s["pruner"], int(s["complete"]) + int(s["pruned"])) for s in studies] == [
-        ("median", 2),
-        ("hyperband", 2),
-    ]
-    for pruner in ("median", "hyperband"):
-        best = json.loads((out / f"{pruner}-seed0" / "best.json").read_text())
+    assert [(s["setup"], int(s["trials"])) for s in studies] == [("default", 2), ("tpe-median", 2)]
+    for setup in ("default", "tpe-median"):
+        best = json.loads((out / f"{setup}-seed0" / "best.json").read_text())
         assert best["test_acc"] is None and best["test_set"] == "not scored (--no-test)"
