@@ -55,9 +55,10 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     same warm-up as its smallest budget and the trial's epochs as its largest.
     """
     if name == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner(
+        halving = optuna.pruners.SuccessiveHalvingPruner(
             min_resource=ASHA_MIN_EPOCHS - 1, reduction_factor=ASHA_REDUCTION
         )
+        return LastEpochKept(halving, max_epochs)
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=WARMUP_EPOCHS)
     if name == "hyperband":
@@ -67,6 +68,20 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     if name == "none":
         return optuna.pruners.NopPruner()
     raise StudyError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
+
+
+class LastEpochKept(optuna.pruners.BasePruner):
+    """Asks ``pruner`` at every epoch but the trial's last: a trial that trained its whole budget
+    completes, even where a rung falls on its last epoch (``--max-epochs 10``: the rung after
+    epoch 10), since pruning it would save nothing and discard a finished result."""
+
+    def __init__(self, pruner: optuna.pruners.BasePruner, max_epochs: int) -> None:
+        self.pruner = pruner
+        self.max_epochs = max_epochs
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        step = trial.last_step  # the epoch index the pruning callback reported last
+        return step is not None and step < self.max_epochs - 1 and self.pruner.prune(study, trial)
 
 
 def run_settings(run: RunConfig) -> dict[str, Any]:

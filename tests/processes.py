@@ -25,10 +25,10 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def tune_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
-    """The flags every process test uses: tiny data, 1 epoch, CPU."""
+    """The flags every process test uses: tiny data, 1 epoch, the trial's own final schedule, CPU."""
     return [
         "--data-dir", str(data_dir), "--output-dir", str(out), "--max-epochs", "1",
-        "--val-size", str(VAL_SIZE), "--accelerator", "cpu", *extra,
+        "--val-size", str(VAL_SIZE), "--accelerator", "cpu", "--final-epochs", "1", *extra,
     ]  # fmt: skip
 
 

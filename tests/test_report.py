@@ -32,11 +32,15 @@ PLOT_NAMES = [spec.name for spec in plots.SPECS]
 
 @pytest.fixture(scope="module")
 def study_run(fake_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real 3-trial study through the command line; returns its output dir."""
+    """One real 3-trial study through the command line; returns its output dir.
+
+    No pruning: every plot needs at least 2 complete trials (importances, contour).
+    """
     out = tmp_path_factory.mktemp("study") / "out"
     args = [
         "--data-dir", str(fake_data_dir), "--output-dir", str(out), "--n-trials", "3",
         "--max-epochs", "2", "--val-size", str(VAL_SIZE), "--accelerator", "cpu",
+        "--pruner", "none",
     ]  # fmt: skip
     assert main(args) == 0
     return out
@@ -95,7 +99,7 @@ def test_report_shows_summary_and_best_trial_with_test_accuracy(study_run: Path)
     summary = page[page.index('id="summary"') : page.index('id="best-trial"')]
     assert re.search(r"complete</th><td[^>]*>3<", summary)
     assert re.search(r"pruned</th><td[^>]*>0<", summary)
-    assert ">tpe<" in summary and ">median<" in summary and "study.db" in summary
+    assert ">tpe<" in summary and ">none<" in summary and "study.db" in summary
     table = page[
         page.index('id="best-trial"') : page.index("</table>", page.index('id="best-trial"'))
     ]
@@ -189,7 +193,7 @@ def test_run_settings_are_stored_when_the_study_is_created(
     settings = _study(study_run).user_attrs[RUN_SETTINGS]
     assert settings["data_dir"] == str(fake_data_dir.resolve())
     assert (settings["seed"], settings["val_size"], settings["max_epochs"]) == (0, VAL_SIZE, 2)
-    assert (settings["sampler"], settings["pruner"]) == ("tpe", "median")
+    assert (settings["sampler"], settings["pruner"]) == ("tpe", "none")
 
 
 @pytest.mark.integration

@@ -87,16 +87,20 @@ def test_median_pruning_stops_clearly_worse_trials(run_config: RunConfig) -> Non
 
 
 def _after_rivals(
-    run: RunConfig, params: dict[str, Any], rung_value: float
+    run: RunConfig, params: dict[str, Any], rung_value: float, second: float | None = None
 ) -> optuna.trial.FrozenTrial:
-    """Runs one trial after three finished rivals scored ``rung_value`` at the first rung."""
+    """Runs one trial after three finished rivals scored ``rung_value`` at the first rung (and
+    ``second`` at the second, after epoch 4)."""
     study = load_or_create(run)
+    rungs = {"completed_rung_0": rung_value}
+    if second is not None:
+        rungs["completed_rung_1"] = second
     for _ in range(3):
         study.add_trial(
             optuna.trial.create_trial(
                 state=TrialState.PRUNED,
-                intermediate_values={0: rung_value, 1: rung_value},
-                system_attrs={"completed_rung_0": rung_value},
+                intermediate_values=dict.fromkeys(range(4), rung_value),
+                system_attrs=rungs,
             )
         )
     study.enqueue_trial(params)
@@ -123,6 +127,13 @@ def test_successive_halving_lets_the_best_at_a_rung_train_on_to_the_full_budget(
     assert trial.state == TrialState.COMPLETE
     assert trial.user_attrs["epochs"] == 5  # through the second rung (after epoch 4) to the end
     assert progress.rungs(trial) == 2
+
+
+def test_successive_halving_never_prunes_a_trial_at_its_last_epoch(run_config: RunConfig) -> None:
+    # the second rung falls on the last of 4 epochs; rivals did better there
+    run = dataclasses.replace(run_config, n_trials=4, max_epochs=4, early_stopping=5, pruner="asha")
+    trial = _after_rivals(run, GOOD, rung_value=0.0, second=1.0)
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["epochs"] == 4
 
 
 def test_pruner_none_lets_every_trial_finish(run_config: RunConfig, tmp_path: Path) -> None:
