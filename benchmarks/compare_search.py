@@ -152,7 +152,6 @@ def _seconds(value: float | None) -> str:
 
 def markdown(rows: list[dict[str, Any]], studies: list[dict[str, Any]]) -> str:
     """The tables as Markdown: per minute, per study, and the median times to each threshold."""
-    value = "-"
     lines = [
         "| setup | minute | best val acc so far: median (min-max) | seeds with a result |",
         "|---|---|---|---|",

@@ -166,8 +166,7 @@ def local_model(final: dict[str, Any], run: RunConfig, store: Any | None = None)
 
 def _key(best: FrozenTrial, run: RunConfig) -> str:
     """The name of the final model this run makes of ``best`` (its stored result's key)."""
-    longer = run.final_epochs if run.final_epochs > run.max_epochs else 0
-    return model_key(best.number, run.retrain, longer)
+    return model_key(best.number, run.retrain, schedule.longer_schedule(run))
 
 
 WAITING = "another process of this study is making its final model: waiting"

@@ -30,6 +30,12 @@ RULE = (
 )
 
 
+def longer_schedule(run: RunConfig) -> int:
+    """The longer schedule tried for the final model: ``--final-epochs``, or 0 when it is not
+    longer than the trials' ``--max-epochs`` (the trial's own schedule stands unvalidated)."""
+    return run.final_epochs if run.final_epochs > run.max_epochs else 0
+
+
 def trial_curve(trial: FrozenTrial) -> list[float]:
     """The trial's validation accuracy after each epoch (what it reported, in order)."""
     return [trial.intermediate_values[step] for step in sorted(trial.intermediate_values)]
@@ -78,17 +84,17 @@ def choose(best: FrozenTrial, config: TrialConfig, run: RunConfig) -> dict[str, 
     """
     own = candidate(run.max_epochs, trial_curve(best))
     candidates = [own]
-    if run.final_epochs > run.max_epochs:
+    if longer := longer_schedule(run):
         log.info(
             "validating a %d-epoch schedule for trial %d on the validation split (its own: %d "
             "epochs, val_acc %.4f)",
-            run.final_epochs,
+            longer,
             best.number,
             run.max_epochs,
             own["val_acc"],
         )
-        curve = validation_curve(config, run, run.final_epochs, seed=run.seed + best.number)
-        candidates.append(candidate(run.final_epochs, curve))
+        curve = validation_curve(config, run, longer, seed=run.seed + best.number)
+        candidates.append(candidate(longer, curve))
     chosen = max(range(len(candidates)), key=lambda i: (candidates[i]["val_acc"] or 0.0, -i))
     log.info(
         "final schedule: %d epochs of %d (val_acc %.4f)",

@@ -63,16 +63,8 @@ class _Spy(Callback):
         )
 
 
-def test_the_retrain_follows_the_trials_schedule_and_stops_at_its_best_epoch(
-    run_config: RunConfig, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    run = dataclasses.replace(run_config, n_trials=1, max_epochs=5, early_stopping=1)
-    study = load_or_create(run)
-    study.enqueue_trial(
-        {"n_layers": 1, "n_units_l0": 128, "dropout": 0.0, "batch_norm": True,
-         "optimizer": "adam", "lr_adam": 3e-3, "weight_decay": 1e-6, "batch_size": 128}
-    )  # fmt: skip
-    optimize(study, run)
+def _spy_on_the_retrain(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """What the retrain's Trainer did, filled in once ``final`` builds and runs it."""
     seen: dict[str, Any] = {}
     build = final.build_trainer
 
@@ -82,6 +74,26 @@ def test_the_retrain_follows_the_trials_schedule_and_stops_at_its_best_epoch(
         return build(*args, **kwargs)
 
     monkeypatch.setattr(final, "build_trainer", spying)
+    return seen
+
+
+def _one_trial_study(run: RunConfig) -> optuna.Study:
+    """A study of one small enqueued trial, run."""
+    study = load_or_create(run)
+    study.enqueue_trial(
+        {"n_layers": 1, "n_units_l0": 128, "dropout": 0.0, "batch_norm": True,
+         "optimizer": "adam", "lr_adam": 3e-3, "weight_decay": 1e-6, "batch_size": 128}
+    )  # fmt: skip
+    optimize(study, run)
+    return study
+
+
+def test_the_retrain_follows_the_trials_schedule_and_stops_at_its_best_epoch(
+    run_config: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = dataclasses.replace(run_config, n_trials=1, max_epochs=5, early_stopping=1)
+    study = _one_trial_study(run)
+    seen = _spy_on_the_retrain(monkeypatch)
     result = final.finalize(study, run)
     assert result is not None
     best = final.best_epoch(study.best_trial)
@@ -196,16 +208,6 @@ def test_a_study_of_an_earlier_version_keeps_its_stored_final_model() -> None:
     assert results.stored_model(study, key) == legacy  # so it is never scored again
 
 
-def _schedule_study(run: RunConfig) -> optuna.Study:
-    study = load_or_create(run)
-    study.enqueue_trial(
-        {"n_layers": 1, "n_units_l0": 128, "dropout": 0.0, "batch_norm": True,
-         "optimizer": "adam", "lr_adam": 3e-3, "weight_decay": 1e-6, "batch_size": 128}
-    )  # fmt: skip
-    optimize(study, run)
-    return study
-
-
 @pytest.mark.parametrize(
     ("longer_curve", "chosen"),
     [
@@ -252,16 +254,8 @@ def test_the_final_model_trains_the_schedule_validation_chose_and_best_json_reco
     run_config: RunConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = dataclasses.replace(run_config, n_trials=1, max_epochs=2, final_epochs=4)
-    study = _schedule_study(run)
-    seen: dict[str, Any] = {}
-    build = final.build_trainer
-
-    def spying(*args: Any, **kwargs: Any) -> pl.Trainer:
-        if kwargs.get("limit_val_batches") == 0:  # the retrain's Trainer
-            kwargs["callbacks"] = [*kwargs.get("callbacks", []), _Spy(seen)]
-        return build(*args, **kwargs)
-
-    monkeypatch.setattr(final, "build_trainer", spying)
+    study = _one_trial_study(run)
+    seen = _spy_on_the_retrain(monkeypatch)
     result = final.finalize(study, run)
     assert result is not None
     choice = result["final_schedule"]
