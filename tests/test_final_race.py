@@ -33,6 +33,20 @@ def _machines(data: Path, tmp_path: Path, url: str, name: str, *extra: str) -> l
     return machines
 
 
+def _pause_the_retrainer(machines: list[Tune]) -> tuple[Tune, Tune]:
+    """Stops (SIGSTOP) the machine that starts the retrain, so that it holds the lock mid-retrain
+    however fast the retrain is, and waits for the other to wait for that lock.
+
+    Returns:
+        (the paused machine, the other one).
+    """
+    wait_for(lambda: any(RETRAIN in m.stderr for m in machines), 240, "a retrain")
+    holder, other = machines if RETRAIN in machines[0].stderr else machines[::-1]
+    os.kill(holder.proc.pid, signal.SIGSTOP)
+    wait_for(lambda: WAITING in other.stderr, 60, "the other machine waiting for the lock")
+    return holder, other
+
+
 def _final_models(url: str, name: str) -> list[dict[str, object]]:
     attrs = optuna.load_study(study_name=name, storage=url).user_attrs
     return [value for key, value in attrs.items() if key.startswith(FINAL_MODEL)]
@@ -55,11 +69,13 @@ def test_two_machines_finishing_together_train_and_score_the_final_model_once(
     # One trial: one machine trains it, the other waits for it, and both finish together.
     with pg_study() as (url, name):
         machines = _machines(data, tmp_path, url, name, "--n-trials", "1")
+        holder, _ = _pause_the_retrainer(machines)  # they meet at the lock, however fast it is
+        os.kill(holder.proc.pid, signal.SIGCONT)
         codes = [m.wait() for m in machines]
         logs = [m.stderr for m in machines]
         finals = _final_models(url, name)
     assert codes == [0, 0], logs
-    assert sum(log.count(WAITING) for log in logs) == 1, logs  # they did meet at the lock
+    assert sum(log.count(WAITING) for log in logs) == 1, logs
     assert sum(log.count(RETRAIN) for log in logs) == 1, logs
     assert sum(log.count(SCORE) for log in logs) == 1, logs
     assert len(finals) == 1
@@ -72,9 +88,7 @@ def test_a_finalizer_killed_mid_retrain_is_taken_over_by_the_other_machine(
 ) -> None:
     with pg_study() as (url, name):
         machines = _machines(data, tmp_path, url, name, "--n-trials", "1", "--max-epochs", "2")
-        wait_for(lambda: any(RETRAIN in m.stderr for m in machines), 240, "a retrain")
-        killed, other = machines if RETRAIN in machines[0].stderr else machines[::-1]
-        wait_for(lambda: WAITING in other.stderr, 60, "the other machine waiting for the lock")
+        killed, other = _pause_the_retrainer(machines)
         assert RETRAIN not in other.stderr  # it waits while the holder trains
         os.kill(killed.proc.pid, signal.SIGKILL)
         assert killed.wait() == -signal.SIGKILL
