@@ -157,6 +157,7 @@ def run_study(config: RunConfig) -> tuple[optuna.Study, dict[str, Any]]:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from fmnist_tuning import raw, study
+    from fmnist_tuning.budget import budget_text
     from fmnist_tuning.faults import Interrupted, catch_signals, received_signal
     from fmnist_tuning.final import finalize
     from fmnist_tuning.loop import optimize
@@ -178,6 +179,8 @@ def run_study(config: RunConfig) -> tuple[optuna.Study, dict[str, Any]]:
             the_study = study.load_or_create(config)
             config.output_dir.mkdir(parents=True, exist_ok=True)
             first = study.reserve_worker_slots(the_study, config.workers)
+            if config.budgeted:
+                log.info("deployment budget: %s (trials over it stop early)", budget_text(config))
             if workers is None:
                 the_study.sampler = study.make_sampler(config.sampler, config.seed + first)
                 optimize(the_study, config)
@@ -208,7 +211,10 @@ def run_study(config: RunConfig) -> tuple[optuna.Study, dict[str, Any]]:
             raise interrupted from None
     if result is None:
         raise NoResultError(
-            "no trial completed: nothing to report; run more trials or relax pruning"
+            "no trial completed within the budget: nothing to report; run more trials, relax "
+            "pruning or the budget"
+            if config.budgeted
+            else "no trial completed: nothing to report; run more trials or relax pruning"
         )
     return the_study, result
 
@@ -262,7 +268,7 @@ def _result(study: optuna.Study, config: RunConfig, trial: int | None = None) ->
         config=config,
         trial=best.number,
         best_params=best.params,
-        best_config=suggest_config(optuna.trial.FixedTrial(best.params)),
+        best_config=suggest_config(optuna.trial.FixedTrial(best.params), config.budgeted),
         val_acc=float(best.value),  # type: ignore[arg-type]  # a complete trial has a value
         test_acc=None if final is None else final["test_acc"],
         test_acc_ci95=None

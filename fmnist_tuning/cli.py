@@ -118,6 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="the final model's longer schedule, tried on the validation split before the retrain; "
         "kept only if it scores higher there (default %(default)s)",
     )
+    p.add_argument(
+        "--max-params",
+        type=_integer,
+        metavar="N",
+        help="deployment budget: parameters at most (a constraint; bigger nets never train)",
+    )
+    p.add_argument(
+        "--max-latency-ms",
+        type=_number,
+        metavar="MS",
+        help="deployment budget: CPU milliseconds per image, batch 1 (measured after epoch 1)",
+    )
     p.add_argument("--sampler", metavar=_choice("sampler"), default=d.sampler)
     p.add_argument("--pruner", metavar=_choice("pruner"), default=d.pruner)
     p.add_argument("--patience", type=_integer, help="stop after K trials without a new best")

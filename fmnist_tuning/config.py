@@ -32,6 +32,9 @@ class RunConfig:
     # The final model's longest schedule, validated on the 55k/5k split before the retrain on 60k
     # (fmnist_tuning.schedule); --max-epochs or less: the trial's own schedule, unvalidated further
     final_epochs: int = 40
+    # A deployment budget (fmnist_tuning.budget): Optuna constraints; over-budget trials stop early
+    max_params: int | None = None  # parameters at most
+    max_latency_ms: float | None = None  # CPU milliseconds per image (batch 1) at most
     early_stopping: int = 4  # in-trial patience, in epochs without a better val accuracy
     val_size: int = 5_000  # images of the official training set held out for validation
     progress: bool = False  # per-epoch progress bars (off: one log line per trial)
@@ -45,6 +48,11 @@ class RunConfig:
     # None = <output_dir>/artifacts
     artifact_store: str | None = None
     storage_timeout: int = 120  # seconds a database server may stay unreachable; then exit 2
+
+    @property
+    def budgeted(self) -> bool:
+        """Whether a deployment budget holds: the search then reaches smaller widths."""
+        return self.max_params is not None or self.max_latency_ms is not None
 
     @property
     def storage_url(self) -> str:

@@ -39,11 +39,14 @@ from fmnist_tuning.keys import (
     CHECKPOINT_ARTIFACT,
     CHECKPOINT_DIR,
     EPOCHS,
+    LATENCY_MS,
+    PARAMS,
     WORKER,
     trial_name,
 )
 from fmnist_tuning.model import FashionMNISTClassifier
 from fmnist_tuning.objective import checkpoint_path, prune_checkpoints
+from fmnist_tuning.progress import feasible
 from fmnist_tuning.raw import N_CLASSES, load_test
 from fmnist_tuning.results import model_key, set_current, store_model, stored_model
 from fmnist_tuning.search_space import TrialConfig, suggest_config
@@ -225,7 +228,7 @@ def _make_and_score(
     model = checkpoint if place is None else place.with_name(f".{place.name}.{os.getpid()}.part")
     try:
         if place is not None:
-            config = suggest_config(optuna.trial.FixedTrial(best.params))
+            config = suggest_config(optuna.trial.FixedTrial(best.params), run.budgeted)
             choice = schedule.choose(best, config, run)  # on the validation split only
             chosen = choice["candidates"][choice["chosen"]]
             epochs, schedule_epochs = chosen["epochs"], chosen["schedule_epochs"]
@@ -298,8 +301,12 @@ def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
         "storage": redact(run.storage_url),
         "trial": best.number,
         "params": best.params,
-        "config": suggest_config(optuna.trial.FixedTrial(best.params)).flat(),
+        "config": suggest_config(optuna.trial.FixedTrial(best.params), run.budgeted).flat(),
         "val_acc": best.value,
+        "budget": {"max_params": run.max_params, "max_latency_ms": run.max_latency_ms},
+        "n_params": best.user_attrs.get(PARAMS),  # the network's size
+        "latency_ms": best.user_attrs.get(LATENCY_MS),  # and CPU time per image, batch 1
+        "feasible": feasible(best),  # within the budget (best_trial is the best feasible one)
         "test_set": "scored once" if run.test else "not scored (--no-test)",
         "test_acc": final.get("test_acc"),
         "test_acc_ci95": final.get("test_acc_ci95"),

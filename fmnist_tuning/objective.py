@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
-from fmnist_tuning import artifacts
+from fmnist_tuning import artifacts, budget
 from fmnist_tuning.callbacks import TrialGuard, ValHistory
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.faults import Interrupted, TrialFailure, received_signal
@@ -30,6 +30,8 @@ from fmnist_tuning.keys import (
     EPOCHS,
     FAIL_REASON,
     HP_METRIC,
+    LATENCY_MS,
+    PARAMS,
     TENSORBOARD_DIR,
     TRAIN_SECONDS,
     VAL_ACC,
@@ -80,9 +82,10 @@ def _remove_checkpoint(checkpoint: ModelCheckpoint) -> None:
 class Objective:
     """Trains one trial's configuration and returns its best validation accuracy.
 
-    Records on the trial: ``epochs`` trained, ``train_seconds``, its ``checkpoint`` and that file's
-    ``checkpoint_artifact`` in the artifact store (complete trials) and, when it failed or was
-    pruned for another reason than its accuracy, ``fail_reason``.
+    Records on the trial: ``epochs`` trained, ``train_seconds``, its network's ``params`` and
+    ``latency_ms`` (:mod:`fmnist_tuning.budget`; under a budget also as constraints), its
+    ``checkpoint`` and that file's ``checkpoint_artifact`` in the artifact store (complete trials)
+    and, when it failed or was pruned for another reason than its accuracy, ``fail_reason``.
 
     Args:
         run: The study-wide settings (data, epochs, output folder, accelerator, pruning).
@@ -107,9 +110,14 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         run = self.run
-        config = suggest_config(trial)
+        config = suggest_config(trial, run.budgeted)
         name = trial_name(trial.number)
         pl.seed_everything(run.seed + trial.number, verbose=False)
+        module = build_module(config)
+        params = budget.count_params(module)
+        if over := budget.record_params(trial, params, run):
+            trial.set_user_attr(EPOCHS, 0)
+            raise optuna.TrialPruned(over)  # never trains: known before the first epoch
         history = ValHistory()
         checkpoint = ModelCheckpoint(
             dirpath=checkpoint_path(run.output_dir, trial.number).parent,
@@ -123,6 +131,7 @@ class Objective:
         callbacks: list[Callback] = [
             TrialGuard(),  # a signal or a non-finite loss ends the trial at the next batch
             history,
+            budget.LatencyProbe(trial, run),  # after epoch 1, before any pruning can happen
             # Reports every epoch (the intermediate values plot needs them); prunes per the pruner.
             PyTorchLightningPruningCallback(trial, monitor=VAL_ACC),
             EarlyStopping(monitor=VAL_ACC, mode="max", patience=run.early_stopping),
@@ -132,10 +141,13 @@ class Objective:
         logger = TensorBoardLogger(
             run.output_dir / TENSORBOARD_DIR, name="", version=name, default_hp_metric=False
         )
-        # The HParams entry is written once, up front; ValHistory then updates its hp_metric.
-        logger.log_hyperparams({"trial": trial.number, **config.flat()}, {HP_METRIC: 0.0})
+        # The HParams entry is written once, up front; ValHistory then updates its hp_metric, and
+        # LatencyProbe its latency_ms.
+        logger.log_hyperparams(
+            {"trial": trial.number, **config.flat(), PARAMS: params},
+            {HP_METRIC: 0.0, LATENCY_MS: 0.0},
+        )
         trainer = build_trainer(run, callbacks, logger, **self.trainer_overrides)
-        module = build_module(config)
         start = time.perf_counter()
         out_of_memory = ""
         try:

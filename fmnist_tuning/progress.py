@@ -12,7 +12,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from fmnist_tuning.faults import Interrupted, TrialFailure
-from fmnist_tuning.keys import EPOCHS
+from fmnist_tuning.keys import EPOCHS, LATENCY_MS, PARAMS
 
 log = logging.getLogger("fmnist_tuning")
 
@@ -81,9 +81,25 @@ def describe(trial: FrozenTrial) -> str:
     seconds = trial.duration.total_seconds() if trial.duration else 0.0
     rung = "" if (reached := rungs(trial)) is None else f" rung={reached}"
     return (
-        f"trial {trial.number} {trial.state.name} val_acc={value} "
-        f"epochs={trial.user_attrs.get(EPOCHS, 0)}{rung} {seconds:.1f}s {params}"
+        f"trial {trial.number} {trial.state.name}{'' if feasible(trial) else ' OVER-BUDGET'} "
+        f"val_acc={value} epochs={trial.user_attrs.get(EPOCHS, 0)}{rung} {seconds:.1f}s "
+        f"{size(trial)} {params}"
     )
+
+
+def size(trial: FrozenTrial) -> str:
+    """``params=101.8k latency=0.084ms``: what the trial's network costs (what is known of it)."""
+    parts = []
+    if (params := trial.user_attrs.get(PARAMS)) is not None:
+        parts.append(f"params={params / 1000:.1f}k")
+    if (latency := trial.user_attrs.get(LATENCY_MS)) is not None:
+        parts.append(f"latency={latency:.3f}ms")
+    return " ".join(parts)
+
+
+def feasible(trial: FrozenTrial) -> bool:
+    """Whether the trial fits every budget it was held to (a trial without budgets does)."""
+    return all(value <= 0 for value in trial.constraints.values())
 
 
 def log_trial(
@@ -113,6 +129,8 @@ def log_trial(
     except ValueError:
         best = "best=-"
     tally = f"pruned {counts[TrialState.PRUNED]}"
+    if over := sum(not feasible(t) for t in study.get_trials(deepcopy=False, states=FINISHED)):
+        tally += f" ({over} over budget)"
     if counts[TrialState.FAIL]:
         tally += f", failed {counts[TrialState.FAIL]}"
     left: list[float] = []

@@ -23,8 +23,8 @@ from optuna.trial import FrozenTrial, TrialState
 from fmnist_tuning import plots
 from fmnist_tuning.errors import DataError
 from fmnist_tuning.files import write_atomic
-from fmnist_tuning.keys import EPOCHS, PLOTS_DIR, REPORT_HTML, RUN_SETTINGS
-from fmnist_tuning.progress import count_states, format_duration, rungs, wall_time
+from fmnist_tuning.keys import EPOCHS, LATENCY_MS, PARAMS, PLOTS_DIR, REPORT_HTML, RUN_SETTINGS
+from fmnist_tuning.progress import count_states, feasible, format_duration, rungs, wall_time
 from fmnist_tuning.raw import CLASS_NAMES, N_CLASSES, load_test
 from fmnist_tuning.results import stored_result
 from fmnist_tuning.storage import redact
@@ -91,6 +91,8 @@ def _summary(study: optuna.Study, storage_url: str) -> list[tuple[str, Any]]:
         ("sampler (when created)", setting("sampler")),
         ("pruner (when created)", setting("pruner")),
         ("epochs per trial (max)", setting("max_epochs")),
+        ("budget: parameters at most", settings.get("max_params") or "none"),
+        ("budget: CPU ms per image at most", settings.get("max_latency_ms") or "none"),
         ("seed (split, sampler, init)", setting("seed")),
         ("validation images", setting("val_size")),
         ("data folder (when created)", setting("data_dir")),
@@ -106,6 +108,8 @@ def _best(best: FrozenTrial | None, result: dict[str, Any] | None) -> dict[str, 
         ("validation accuracy", f"{best.value:.4f}"),
         ("test accuracy (final model)", test),
         ("epochs trained", best.user_attrs.get(EPOCHS, "-")),
+        ("parameters", _fmt(best.user_attrs.get(PARAMS, "-"))),
+        ("CPU latency per image (ms)", _fmt(best.user_attrs.get(LATENCY_MS, "-"))),
         ("trial time", format_duration(best.duration.total_seconds() if best.duration else None)),
     ]
     return {"rows": rows + [(f"param {k}", _fmt(v)) for k, v in best.params.items()]}
@@ -177,6 +181,20 @@ def _test(result: dict[str, Any] | None, data_dir: Path | None) -> dict[str, Any
     }
 
 
+# The trial table's own columns; the trial's hyperparameters follow.
+TRIAL_COLUMNS = (
+    "trial", "state", "val acc", "epochs", "rung", "seconds", "params", "latency ms", "fits budget"
+)  # fmt: skip
+
+
+def _number_cell(value: float | None, form: str) -> dict[str, Any]:
+    """A table cell of a number that may be missing (``-``, sorted last)."""
+    return {
+        "text": "-" if value is None else form.format(value),
+        "sort": "-Infinity" if value is None else value,
+    }
+
+
 def _trials(study: optuna.Study, best: FrozenTrial | None) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     names: list[str] = []
@@ -198,6 +216,9 @@ def _trials(study: optuna.Study, best: FrozenTrial | None) -> dict[str, Any]:
                 "text": "-" if seconds is None else f"{seconds:.1f}",
                 "sort": "-Infinity" if seconds is None else seconds,
             },
+            _number_cell(t.user_attrs.get(PARAMS), "{:,}"),
+            _number_cell(t.user_attrs.get(LATENCY_MS), "{:.3f}"),
+            {"text": "yes" if feasible(t) else "no", "sort": None},
         ]
         for n in names:
             v = t.params.get(n)
@@ -205,7 +226,7 @@ def _trials(study: optuna.Study, best: FrozenTrial | None) -> dict[str, Any]:
             cells.append({"text": "" if v is None else _fmt(v), "sort": v if number else ""})
         rows.append({"cells": cells, "best": best is not None and t.number == best.number})
     return {
-        "header": ["trial", "state", "val acc", "epochs", "rung", "seconds", *names],
+        "header": [*TRIAL_COLUMNS, *names],
         "rows": rows,
     }
 

@@ -23,6 +23,7 @@ POSITIVE_INTS = (
     "n_trials",
     "max_epochs",
     "final_epochs",
+    "max_params",
     "patience",
     "early_stopping",
     "val_size",
@@ -82,15 +83,16 @@ def check(config: RunConfig) -> None:
     """
     for field in POSITIVE_INTS:
         value = getattr(config, field)
-        if value is None and field in ("n_trials", "patience", "grace_period"):
+        if value is None and field in ("n_trials", "max_params", "patience", "grace_period"):
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SettingsError(f"{_name(field)}: expected a positive integer, got {value!r}")
-    timeout = config.timeout
-    if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
-    ):
-        raise SettingsError(f"{_name('timeout')}: expected a positive number, got {timeout!r}")
+    for field in ("timeout", "max_latency_ms"):
+        value = getattr(config, field)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+        ):
+            raise SettingsError(f"{_name(field)}: expected a positive number, got {value!r}")
     if isinstance(config.seed, bool) or not isinstance(config.seed, int):
         raise SettingsError(f"{_name('seed')}: expected an integer, got {config.seed!r}")
     if not 0 <= config.seed < 2**31:

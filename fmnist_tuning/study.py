@@ -6,7 +6,7 @@ from typing import Any
 
 import optuna
 
-from fmnist_tuning import search_space
+from fmnist_tuning import budget, search_space
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.errors import StudyError
 from fmnist_tuning.keys import RUN_SETTINGS, WORKER_SLOTS
@@ -23,6 +23,7 @@ DIRECTION = optuna.study.StudyDirection.MAXIMIZE
 # The settings a study's values depend on: resuming with others would mix values that do not
 # compare (another validation split, another schedule length, other ranges).
 BINDING = ("seed", "val_size", "max_epochs", "search_space")
+BUDGETS = ("max_params", "max_latency_ms")  # a study's constraints: its feasible set
 LEGACY_SPLIT = "validation_split"  # what studies of earlier versions recorded instead
 
 
@@ -93,7 +94,9 @@ def run_settings(run: RunConfig) -> dict[str, Any]:
         "seed": run.seed,
         "val_size": run.val_size,
         "max_epochs": run.max_epochs,
-        "search_space": search_space.fingerprint(),
+        "search_space": search_space.fingerprint(run.budgeted),
+        "max_params": run.max_params,
+        "max_latency_ms": run.max_latency_ms,
         "early_stopping": run.early_stopping,
         "final_epochs": run.final_epochs,
         "sampler": run.sampler,
@@ -102,9 +105,9 @@ def run_settings(run: RunConfig) -> dict[str, Any]:
     }
 
 
-def _check_trials_fit(study: optuna.Study, where: str) -> None:
+def _check_trials_fit(study: optuna.Study, where: str, budgeted: bool) -> None:
     """For a study that recorded no settings (made by hand): its trials must fit the space."""
-    current = search_space.distributions()
+    current = search_space.distributions(budgeted)
     for t in study.get_trials(deepcopy=False):
         for name, distribution in t.distributions.items():
             if current.get(name) != distribution:
@@ -126,7 +129,7 @@ def _check_settings(study: optuna.Study, run: RunConfig) -> None:
     settings = run_settings(run)
     stored: dict[str, Any] | None = study.user_attrs.get(RUN_SETTINGS)
     if stored is None:  # a new study, or one made by hand or by an earlier version
-        _check_trials_fit(study, where)
+        _check_trials_fit(study, where, run.budgeted)
         # An earlier version kept only the split, as {"seed": ..., "val_size": ...}.
         legacy = study.user_attrs.get(LEGACY_SPLIT, {})
         if any(legacy.get(key, settings[key]) != settings[key] for key in ("seed", "val_size")):
@@ -137,6 +140,15 @@ def _check_settings(study: optuna.Study, run: RunConfig) -> None:
             )
         study.set_user_attr(RUN_SETTINGS, settings)  # tied to these settings from now on
         return
+    if any(stored.get(key) != settings[key] for key in BUDGETS):
+        budget = " ".join(
+            f"--{key.replace('_', '-')} {stored[key]}" for key in BUDGETS if stored.get(key)
+        )
+        raise StudyError(
+            f"{where} was tuned under {'the budget ' + budget if budget else 'no budget'}; its "
+            "trials were judged feasible by that budget: resume it with the same budget flags "
+            "or use another --study-name"
+        )
     if stored.get("search_space") != settings["search_space"]:
         raise StudyError(
             f"{where} was sampled from another search space ({stored.get('search_space')}, now "
@@ -178,7 +190,7 @@ def load_or_create(run: RunConfig, slot: int = 0) -> optuna.Study:
         load_if_exists=True,
     )
     _check_settings(study, run)
-    if run.warm_start and run.sampler != "grid" and not study.trials:
+    if run.warm_start and run.sampler != "grid" and not study.trials and budget.start_fits(run):
         study.enqueue_trial(search_space.DEFAULT_PARAMS)  # a new study starts from the default
     return study
 
