@@ -23,7 +23,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from fmnist_tuning import runtime
+from fmnist_tuning import front, runtime
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.errors import NoResultError, StudyError
 from fmnist_tuning.keys import CHECKPOINT, RUN_SETTINGS
@@ -54,6 +54,9 @@ class TuneResult:
         checkpoint: The final model's weights (before there is one, or with ``test=False``, the
             path the trial's own checkpoint was saved at, maybe on another machine).
         output_dir: The run's output folder (``best.json``, ``report.html``, ``plots/``, ...).
+        pareto: A front study's Pareto front, most accurate first: per trial ``trial``,
+            ``val_acc``, ``n_params`` and/or ``latency_ms``, and its ``params`` (``[]`` for one
+            objective).
     """
 
     study: optuna.Study
@@ -66,6 +69,7 @@ class TuneResult:
     test_acc_ci95: tuple[float, float] | None
     checkpoint: Path | None
     output_dir: Path
+    pareto: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def load_model(self) -> torch.nn.Module:
         """The trained network (a ``LightningModule``) on the CPU, in eval mode."""
@@ -241,7 +245,10 @@ def load_result(
     )
     study = load_existing(base.storage_url, study_name)
     recorded = study.user_attrs.get(RUN_SETTINGS, {})
-    restored = ("seed", "val_size", "max_epochs", "early_stopping", "sampler", "pruner")
+    restored = (
+        "seed", "val_size", "max_epochs", "early_stopping", "sampler", "pruner", "objectives",
+        "max_params", "max_latency_ms",
+    )  # fmt: skip
     changes: dict[str, Any] = {k: recorded[k] for k in restored if k in recorded}
     if "data_dir" in recorded:
         changes["data_dir"] = Path(recorded["data_dir"])
@@ -253,7 +260,7 @@ def _result(study: optuna.Study, config: RunConfig, trial: int | None = None) ->
     """The result for ``trial`` (by default the study's best trial now)."""
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         raise NoResultError(f"{summarize(study)}: no complete trial yet")
-    best = study.best_trial if trial is None else study.get_trials(deepcopy=False)[trial]
+    best = front.best_trial(study) if trial is None else study.get_trials(deepcopy=False)[trial]
     final = stored_result(study, best.number) if config.test else None  # --no-test: not shown
     if final is not None:
         from fmnist_tuning.artifacts import open_store
@@ -269,7 +276,8 @@ def _result(study: optuna.Study, config: RunConfig, trial: int | None = None) ->
         trial=best.number,
         best_params=best.params,
         best_config=suggest_config(optuna.trial.FixedTrial(best.params), config.budgeted),
-        val_acc=float(best.value),  # type: ignore[arg-type]  # a complete trial has a value
+        val_acc=float(best.values[0]),  # its accuracy, in either mode
+        pareto=front.pareto(study),
         test_acc=None if final is None else final["test_acc"],
         test_acc_ci95=None
         if final is None

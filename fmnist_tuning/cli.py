@@ -130,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MS",
         help="deployment budget: CPU milliseconds per image, batch 1 (measured after epoch 1)",
     )
+    p.add_argument(
+        "--objectives",
+        metavar=_choice("objectives"),
+        default=d.objectives,
+        help="accuracy (default), or a Pareto front of accuracy against size or latency: no "
+        "pruning, the final model chosen from the front",
+    )
     p.add_argument("--sampler", metavar=_choice("sampler"), default=d.sampler)
     p.add_argument("--pruner", metavar=_choice("pruner"), default=d.pruner)
     p.add_argument("--patience", type=_integer, help="stop after K trials without a new best")

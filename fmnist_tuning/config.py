@@ -35,6 +35,8 @@ class RunConfig:
     # A deployment budget (fmnist_tuning.budget): Optuna constraints; over-budget trials stop early
     max_params: int | None = None  # parameters at most
     max_latency_ms: float | None = None  # CPU milliseconds per image (batch 1) at most
+    # accuracy (with pruning), or a Pareto front: accuracy,params or accuracy,latency (no pruning)
+    objectives: str = "accuracy"
     early_stopping: int = 4  # in-trial patience, in epochs without a better val accuracy
     val_size: int = 5_000  # images of the official training set held out for validation
     progress: bool = False  # per-epoch progress bars (off: one log line per trial)

@@ -27,7 +27,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 from scipy.stats import binomtest
 
-from fmnist_tuning import artifacts, locks, schedule
+from fmnist_tuning import artifacts, front, locks, schedule
 from fmnist_tuning.callbacks import StopAfterEpochs
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.data import FashionMNISTDataModule
@@ -282,7 +282,7 @@ def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
     """
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return None
-    best = study.best_trial
+    best = front.best_trial(study)  # the best feasible trial, or the one chosen from the front
     store = artifacts.open_store(run)
     if run.test:
         final = _final_model(study, best, run, store)
@@ -302,7 +302,12 @@ def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
         "trial": best.number,
         "params": best.params,
         "config": suggest_config(optuna.trial.FixedTrial(best.params), run.budgeted).flat(),
-        "val_acc": best.value,
+        "val_acc": front.accuracy(best),
+        "objectives": run.objectives,
+        "chosen_by": front.choose(study)[1]
+        if front.is_front(run)
+        else "the best validation accuracy" + (" within the budget" if run.budgeted else ""),
+        "pareto": front.pareto(study),  # a front's trials, most accurate first ([]: one objective)
         "budget": {"max_params": run.max_params, "max_latency_ms": run.max_latency_ms},
         "n_params": best.user_attrs.get(PARAMS),  # the network's size
         "latency_ms": best.user_attrs.get(LATENCY_MS),  # and CPU time per image, batch 1

@@ -21,6 +21,7 @@ CHECKPOINT_ARTIFACT = "checkpoint_artifact"  # the same file's id in the artifac
 TRAIN_SECONDS = "train_seconds"  # seconds inside trainer.fit
 WORKER = "worker"  # host:pid of the process that ran it
 FAIL_REASON = "fail_reason"  # why it failed (or was pruned) when not for its accuracy
+VAL_CURVE = "val_curve"  # its validation accuracy after every epoch (also in a front study)
 PARAMS = "params"  # the network's parameter count (also its constraint's name under a budget)
 LATENCY_MS = "latency_ms"  # its CPU time per image, batch 1 (also a constraint and a metric)
 

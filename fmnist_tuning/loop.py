@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.faults import Interrupted, NonFiniteLoss, defer_interrupts, raise_if_interrupted
+from fmnist_tuning.front import accuracy
 from fmnist_tuning.keys import CLAIM_LOCK, WORKER
 from fmnist_tuning.locks import FileLock
 from fmnist_tuning.objective import Objective, prune_checkpoints
@@ -44,8 +45,9 @@ def trials_since_best(study: optuna.Study) -> int:
     )
     best, since = -math.inf, 0
     for t in done:
-        if t.state == TrialState.COMPLETE and t.value is not None and t.value > best:
-            best, since = t.value, 0
+        value = accuracy(t)
+        if t.state == TrialState.COMPLETE and value is not None and value > best:
+            best, since = value, 0
         else:
             since += 1
     return since
@@ -58,7 +60,7 @@ class _Runner:
         self.objective = objective
         self.claim = claim
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self.claim.release()  # the trial is RUNNING in the storage now: the others count it
         trial.set_user_attr(WORKER, worker_id())
         return self.objective(trial)

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
-from fmnist_tuning import artifacts, budget
+from fmnist_tuning import artifacts, budget, front
 from fmnist_tuning.callbacks import TrialGuard, ValHistory
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.faults import Interrupted, TrialFailure, received_signal
@@ -35,6 +35,7 @@ from fmnist_tuning.keys import (
     TENSORBOARD_DIR,
     TRAIN_SECONDS,
     VAL_ACC,
+    VAL_CURVE,
     trial_name,
 )
 from fmnist_tuning.search_space import TrialConfig, suggest_config
@@ -62,12 +63,14 @@ def prune_checkpoints(
         store: The artifact store, whose copies of those checkpoints go too.
     """
     trials = study.get_trials(deepcopy=False)
-    values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    best = max(values, default=math.inf)
+    if len(study.directions) > 1:  # a front: every trial on it may still be chosen
+        kept = {t.number for t in study.best_trials} if keep is None else {keep}
+    else:
+        values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        best = max(values, default=math.inf)
+        kept = {t.number for t in trials if t.value == best} if keep is None else {keep}
     for trial in trials:
-        if trial.state.is_finished() and (
-            trial.number != keep if keep is not None else trial.value != best
-        ):
+        if trial.state.is_finished() and trial.number not in kept:
             checkpoint_path(output_dir, trial.number).unlink(missing_ok=True)
             if store is not None and CHECKPOINT_ARTIFACT in trial.user_attrs:
                 artifacts.remove(store, trial.user_attrs[CHECKPOINT_ARTIFACT])
@@ -108,7 +111,7 @@ class Objective:
         self.store = artifacts.open_store(run)
         artifacts.check_writable(self.store, run)
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         run = self.run
         config = suggest_config(trial, run.budgeted)
         name = trial_name(trial.number)
@@ -128,12 +131,18 @@ class Objective:
             save_weights_only=True,
             enable_version_counter=False,
         )
+        latency = budget.LatencyProbe(trial, run)
         callbacks: list[Callback] = [
             TrialGuard(),  # a signal or a non-finite loss ends the trial at the next batch
             history,
-            budget.LatencyProbe(trial, run),  # after epoch 1, before any pruning can happen
+            latency,  # after epoch 1, before any pruning can happen
             # Reports every epoch (the intermediate values plot needs them); prunes per the pruner.
-            PyTorchLightningPruningCallback(trial, monitor=VAL_ACC),
+            # Optuna cannot report or prune in a multi-objective study (a front).
+            *(
+                []
+                if front.is_front(run)
+                else [PyTorchLightningPruningCallback(trial, monitor=VAL_ACC)]
+            ),
             EarlyStopping(monitor=VAL_ACC, mode="max", patience=run.early_stopping),
             checkpoint,
             *self.extra_callbacks,
@@ -169,6 +178,7 @@ class Objective:
             out_of_memory = str(err).strip()[:300] or "CUDA out of memory"
         finally:
             trial.set_user_attr(EPOCHS, len(history.values))
+            trial.set_user_attr(VAL_CURVE, [round(v, 6) for v in history.values])
             trial.set_user_attr(TRAIN_SECONDS, round(time.perf_counter() - start, 3))
             del trainer, module  # on a CPU, the loop's gc_after_trial collects them
             for callback in self.extra_callbacks:
@@ -189,4 +199,8 @@ class Objective:
             if isinstance(trial, optuna.Trial):  # not a stand-in (FixedTrial, a wrapper)
                 artifact = artifacts.upload(self.store, path, trial)
                 trial.set_user_attr(CHECKPOINT_ARTIFACT, artifact)
+        if run.objectives == "accuracy,params":
+            return history.best, float(params)
+        if run.objectives == "accuracy,latency" and latency.latency_ms is not None:
+            return history.best, latency.latency_ms
         return history.best

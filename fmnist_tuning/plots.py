@@ -30,6 +30,7 @@ import optuna.visualization as vis
 import optuna.visualization.matplotlib as vis_mpl
 
 from fmnist_tuning.files import write_atomic
+from fmnist_tuning.keys import RUN_SETTINGS
 from fmnist_tuning.raw import CLASS_NAMES, IMAGE_SIDE
 
 log = logging.getLogger(__name__)
@@ -68,14 +69,36 @@ def _complete(study: optuna.Study) -> list[FrozenTrial]:
 Prepare = Callable[[optuna.Study], dict[str, Any] | str]
 
 
+def _accuracy(trial: FrozenTrial) -> float:
+    """A front's trials have two values: its plots of one objective draw the accuracy."""
+    return float(trial.values[0])
+
+
+def _target(study: optuna.Study) -> dict[str, Any]:
+    """The plot arguments that name the plotted value (and pick it, in a front study)."""
+    return {"target_name": TARGET_NAME} | ({"target": _accuracy} if _is_front(study) else {})
+
+
+def _is_front(study: optuna.Study) -> bool:
+    return len(study.directions) > 1
+
+
 def _need_complete(n: int) -> Prepare:
     def prepare(study: optuna.Study) -> dict[str, Any] | str:
         have = len(_complete(study))
         if have < n:
             return f"needs at least {n} complete trial{'s' * (n > 1)}, the study has {have}"
-        return {"target_name": TARGET_NAME}
+        return _target(study)
 
     return prepare
+
+
+def _pareto_kwargs(study: optuna.Study) -> dict[str, Any] | str:
+    if not _complete(study):
+        return "needs at least 1 complete trial, the study has 0"
+    second = study.user_attrs.get(RUN_SETTINGS, {}).get("objectives", "").partition(",")[2]
+    names = {"params": "Parameters", "latency": "CPU latency per image (ms)"}
+    return {"target_names": [TARGET_NAME, names.get(second, second)]}
 
 
 def _need_intermediate(study: optuna.Study) -> dict[str, Any] | str:
@@ -90,7 +113,7 @@ def _need_any_trial(study: optuna.Study) -> dict[str, Any] | str:
 
 def _contour_kwargs(study: optuna.Study) -> dict[str, Any] | str:
     pair = contour_params(study)
-    return pair if isinstance(pair, str) else {"params": list(pair), "target_name": TARGET_NAME}
+    return pair if isinstance(pair, str) else {"params": list(pair), **_target(study)}
 
 
 def importances(study: optuna.Study) -> dict[str, float]:
@@ -103,7 +126,9 @@ def importances(study: optuna.Study) -> dict[str, float]:
         raise ValueError("needs at least 2 complete trials")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "some regimes have less than 2 trials": expected early on
-        return optuna.importance.get_param_importances(study)
+        return optuna.importance.get_param_importances(
+            study, target=_accuracy if _is_front(study) else None
+        )
 
 
 def _varies_jointly(trials: list[FrozenTrial], x: str, y: str) -> bool:
@@ -142,7 +167,15 @@ class _Spec:
     prepare: Prepare
 
 
+FRONT_ONLY = ("pareto_front",)  # drawn for a multi-objective (front) study only
 SPECS: tuple[_Spec, ...] = (
+    _Spec(
+        "pareto_front",
+        "Pareto front",
+        "A front study's trials by validation accuracy and cost (size or latency): the front is "
+        "the trials no other trial beats on both; the final model is made from one of them.",
+        _pareto_kwargs,
+    ),
     _Spec(
         "optimization_history",
         "Optimization history",
@@ -241,8 +274,10 @@ def draw(study: optuna.Study, spec: _Spec) -> Plot:
 
 
 def make_plots(study: optuna.Study) -> list[Plot]:
-    """Every plot of :data:`SPECS` for ``study``, drawn or skipped (never raises for a study)."""
-    return [draw(study, spec) for spec in SPECS]
+    """Every plot of :data:`SPECS` for ``study``, drawn or skipped (never raises for a study);
+    the Pareto front only for a front study."""
+    front = _is_front(study)
+    return [draw(study, spec) for spec in SPECS if front or spec.name not in FRONT_ONLY]
 
 
 def plotly_js() -> str:

@@ -45,11 +45,16 @@ def wall_time(trials: list[FrozenTrial]) -> float | None:
     return (max(ends) - min(starts)).total_seconds() if starts and ends else None
 
 
-def _best(study: optuna.Study) -> str:
+def _best(study: optuna.Study, label: str = "best val_acc") -> str:
+    """``best val_acc=0.9012 (trial 8)``; for a front, also its size; ``-`` with no trial yet."""
     try:
-        return f"best val_acc={study.best_value:.4f} (trial {study.best_trial.number})"
+        if len(study.directions) > 1:
+            pareto = study.best_trials
+            top = max(pareto, key=lambda t: (t.values[0], -t.number))
+            return f"{label}={top.values[0]:.4f} (trial {top.number}, front of {len(pareto)})"
+        return f"{label}={study.best_value:.4f} (trial {study.best_trial.number})"
     except ValueError:
-        return "no complete trial yet"
+        return f"{label}=-"
 
 
 def summarize(study: optuna.Study) -> str:
@@ -77,7 +82,7 @@ def describe(trial: FrozenTrial) -> str:
     params = " ".join(
         f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items()
     )
-    value = "-" if trial.value is None else f"{trial.value:.4f}"
+    value = "-" if not trial.values else f"{trial.values[0]:.4f}"  # accuracy, in either mode
     seconds = trial.duration.total_seconds() if trial.duration else 0.0
     rung = "" if (reached := rungs(trial)) is None else f" rung={reached}"
     return (
@@ -124,10 +129,7 @@ def log_trial(
     counts = count_states(study)
     done = finished(counts)
     progress = f"[{done}/{n_trials}]" if n_trials else f"[{done}]"
-    try:
-        best = f"best={study.best_value:.4f} (trial {study.best_trial.number})"
-    except ValueError:
-        best = "best=-"
+    best = _best(study, "best")
     tally = f"pruned {counts[TrialState.PRUNED]}"
     if over := sum(not feasible(t) for t in study.get_trials(deepcopy=False, states=FINISHED)):
         tally += f" ({over} over budget)"

@@ -20,7 +20,7 @@ import optuna
 from markupsafe import Markup
 from optuna.trial import FrozenTrial, TrialState
 
-from fmnist_tuning import plots
+from fmnist_tuning import front, plots
 from fmnist_tuning.errors import DataError
 from fmnist_tuning.files import write_atomic
 from fmnist_tuning.keys import EPOCHS, LATENCY_MS, PARAMS, PLOTS_DIR, REPORT_HTML, RUN_SETTINGS
@@ -91,6 +91,7 @@ def _summary(study: optuna.Study, storage_url: str) -> list[tuple[str, Any]]:
         ("sampler (when created)", setting("sampler")),
         ("pruner (when created)", setting("pruner")),
         ("epochs per trial (max)", setting("max_epochs")),
+        ("objectives", setting("objectives")),
         ("budget: parameters at most", settings.get("max_params") or "none"),
         ("budget: CPU ms per image at most", settings.get("max_latency_ms") or "none"),
         ("seed (split, sampler, init)", setting("seed")),
@@ -100,12 +101,12 @@ def _summary(study: optuna.Study, storage_url: str) -> list[tuple[str, Any]]:
 
 
 def _best(best: FrozenTrial | None, result: dict[str, Any] | None) -> dict[str, Any] | None:
-    if best is None or best.value is None:
+    if best is None or not best.values:
         return None
     test = _score(result) if result else "not scored (no final model yet)"
     rows: list[tuple[str, Any]] = [
         ("trial", best.number),
-        ("validation accuracy", f"{best.value:.4f}"),
+        ("validation accuracy", f"{best.values[0]:.4f}"),
         ("test accuracy (final model)", test),
         ("epochs trained", best.user_attrs.get(EPOCHS, "-")),
         ("parameters", _fmt(best.user_attrs.get(PARAMS, "-"))),
@@ -207,8 +208,8 @@ def _trials(study: optuna.Study, best: FrozenTrial | None) -> dict[str, Any]:
             {"text": t.number, "sort": t.number},
             {"text": t.state.name.lower(), "left": True, "sort": None},
             {
-                "text": "-" if t.value is None else f"{t.value:.4f}",
-                "sort": "-Infinity" if t.value is None else t.value,
+                "text": "-" if not t.values else f"{t.values[0]:.4f}",
+                "sort": "-Infinity" if not t.values else t.values[0],
             },
             {"text": t.user_attrs.get(EPOCHS, "-"), "sort": None},
             {"text": rungs(t) or "-", "sort": None},
@@ -241,13 +242,16 @@ def page_context(
     """Everything the page shows, as plain values (strings, numbers, lists, dicts); with ``test``
     false, nothing of the test set (not even a score stored by an earlier run)."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    best = study.best_trial if complete else None
+    try:
+        best = front.best_trial(study) if complete else None
+    except ValueError:  # complete trials, but none feasible (a budget)
+        best = None
     result = stored_result(study, best.number) if best is not None and test else None
-    if best is None or best.value is None:
+    if best is None or not best.values:
         headline = "no complete trial yet"
     else:
         score = f", test accuracy {result['test_acc']:.4f}" if result else ""
-        headline = f"best val accuracy {best.value:.4f}{score} (trial {best.number})"
+        headline = f"best val accuracy {best.values[0]:.4f}{score} (trial {best.number})"
     return {
         "study_name": study.study_name,
         "headline": headline,

@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial
 
 from fmnist_tuning.callbacks import ValHistory
 from fmnist_tuning.config import RunConfig
+from fmnist_tuning.keys import VAL_CURVE
 from fmnist_tuning.search_space import TrialConfig
 from fmnist_tuning.trainer import build_datamodule, build_module, build_trainer
 
@@ -37,8 +38,10 @@ def longer_schedule(run: RunConfig) -> int:
 
 
 def trial_curve(trial: FrozenTrial) -> list[float]:
-    """The trial's validation accuracy after each epoch (what it reported, in order)."""
-    return [trial.intermediate_values[step] for step in sorted(trial.intermediate_values)]
+    """The trial's validation accuracy after each epoch (what it reported, in order; a front's
+    trials report nothing, and their curve is the one they recorded)."""
+    reported = [trial.intermediate_values[step] for step in sorted(trial.intermediate_values)]
+    return reported or list(trial.user_attrs.get(VAL_CURVE, []))
 
 
 def best_epoch(curve: list[float]) -> int:

@@ -15,7 +15,8 @@ from fmnist_tuning.config import RunConfig, default_data_dir
 from fmnist_tuning.errors import SettingsError
 
 CHOICES = {
-    "sampler": ("tpe", "random", "grid"),
+    "sampler": ("tpe", "random", "grid", "nsga2"),
+    "objectives": ("accuracy", "accuracy,params", "accuracy,latency"),
     "pruner": ("asha", "median", "hyperband", "none"),
     "accelerator": ("auto", "cpu", "gpu"),
 }
@@ -104,6 +105,15 @@ def check(config: RunConfig) -> None:
         if value not in choices:
             raise SettingsError(
                 f"{_name(field)}: unknown choice {value!r}; choose one of {', '.join(choices)}"
+            )
+    for objectives, field in (
+        ("accuracy,params", "max_latency_ms"),
+        ("accuracy,latency", "max_params"),
+    ):
+        if config.objectives == objectives and getattr(config, field) is not None:
+            raise SettingsError(
+                f"{_name(field)} does not apply to --objectives {objectives}: the front's budget "
+                f"is on its second objective; drop it or use --objectives accuracy"
             )
     for switch in ("progress", "warm_start", "retrain", "test"):
         if not isinstance(getattr(config, switch), bool):

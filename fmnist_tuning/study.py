@@ -6,7 +6,7 @@ from typing import Any
 
 import optuna
 
-from fmnist_tuning import budget, search_space
+from fmnist_tuning import budget, front, search_space
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.errors import StudyError
 from fmnist_tuning.keys import RUN_SETTINGS, WORKER_SLOTS
@@ -40,6 +40,8 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
         return optuna.samplers.GridSampler(search_space.GRID, seed=seed)
+    if name == "nsga2":  # a genetic algorithm, Optuna's usual choice for Pareto fronts
+        return optuna.samplers.NSGAIISampler(seed=seed)
     raise StudyError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
@@ -101,6 +103,7 @@ def run_settings(run: RunConfig) -> dict[str, Any]:
         "final_epochs": run.final_epochs,
         "sampler": run.sampler,
         "pruner": run.pruner,
+        "objectives": run.objectives,
         "data_dir": str(run.data_dir.resolve()),
     }
 
@@ -120,11 +123,12 @@ def _check_trials_fit(study: optuna.Study, where: str, budgeted: bool) -> None:
 def _check_settings(study: optuna.Study, run: RunConfig) -> None:
     """Refuses a stored study that another direction, search space, split or schedule made."""
     where = f"study {study.study_name!r} in {redact(run.storage_url)}"
-    if study.directions != [DIRECTION]:
+    if study.directions != front.directions(run):
         directions = "/".join(d.name.lower() for d in study.directions)
         raise StudyError(
-            f"{where} was created to {directions}, but this tool maximizes validation accuracy; "
-            "use another --study-name or storage"
+            f"{where} was created to {directions}, but --objectives {run.objectives} means "
+            f"{'/'.join(d.name.lower() for d in front.directions(run))}; use the study's own "
+            "--objectives, another --study-name or another storage"
         )
     settings = run_settings(run)
     stored: dict[str, Any] | None = study.user_attrs.get(RUN_SETTINGS)
@@ -140,6 +144,11 @@ def _check_settings(study: optuna.Study, run: RunConfig) -> None:
             )
         study.set_user_attr(RUN_SETTINGS, settings)  # tied to these settings from now on
         return
+    if (objectives := stored.get("objectives", front.ACCURACY)) != run.objectives:
+        raise StudyError(
+            f"{where} was created with --objectives {objectives}; resume it with that or use "
+            "another --study-name"
+        )
     if any(stored.get(key) != settings[key] for key in BUDGETS):
         budget = " ".join(
             f"--{key.replace('_', '-')} {stored[key]}" for key in BUDGETS if stored.get(key)
@@ -184,9 +193,9 @@ def load_or_create(run: RunConfig, slot: int = 0) -> optuna.Study:
     study = optuna.create_study(
         storage=storage,
         study_name=run.study_name,
-        direction=DIRECTION,
+        directions=front.directions(run),
         sampler=make_sampler(run.sampler, run.seed + slot),
-        pruner=make_pruner(run.pruner, run.max_epochs),
+        pruner=make_pruner("none" if front.is_front(run) else run.pruner, run.max_epochs),
         load_if_exists=True,
     )
     _check_settings(study, run)

@@ -4,6 +4,7 @@ they train; the best trial is the best one within the budget; a study keeps its 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,18 @@ from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fmnist_tuning import final
+from fmnist_tuning.api import load_result
 from fmnist_tuning.cli import main
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.keys import EPOCHS, LATENCY_MS, PARAMS, TENSORBOARD_DIR, trial_name
+from fmnist_tuning.front import RULE_BUDGET, RULE_KNEE, choose
+from fmnist_tuning.keys import (
+    EPOCHS,
+    LATENCY_MS,
+    PARAMS,
+    RUN_SETTINGS,
+    TENSORBOARD_DIR,
+    trial_name,
+)
 from fmnist_tuning.loop import optimize
 from fmnist_tuning.search_space import DEFAULT_PARAMS
 from fmnist_tuning.study import load_or_create
@@ -88,6 +98,9 @@ def test_a_latency_budget_is_measured_after_the_first_epoch(
         ["--max-latency-ms", "-1.5"],
         ["--max-latency-ms", "fast"],
         ["--max-latency-ms", "nan"],
+        ["--objectives", "accuracy,params", "--max-latency-ms", "1"],
+        ["--objectives", "accuracy,latency", "--max-params", "100000"],
+        ["--objectives", "speed"],
     ],
 )
 def test_bad_budgets_exit_2_with_one_line(
@@ -105,6 +118,7 @@ def test_bad_budgets_exit_2_with_one_line(
         ({"max_params": 50_000}, ["--max-params", "60000"]),
         ({"max_params": 50_000}, []),
         ({}, ["--max-latency-ms", "0.5"]),
+        ({"objectives": "accuracy,params"}, ["--objectives", "accuracy,latency"]),
     ],
 )
 def test_a_study_is_resumed_only_with_its_own_budget(
@@ -119,5 +133,59 @@ def test_a_study_is_resumed_only_with_its_own_budget(
     args = tune_args(fake_data_dir, run.output_dir, "--max-epochs", str(run.max_epochs), *after)
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "budget" in err[0], err
+    assert len(err) == 1 and ("budget" in err[0] or "--objectives" in err[0]), err
     assert not load_or_create(run).trials  # nothing ran
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("objectives", ["accuracy,params", "accuracy,latency"])
+def test_a_front_study_writes_its_front_and_makes_the_chosen_trials_model(
+    objectives: str, fake_data_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    args = tune_args(fake_data_dir, out, "--objectives", objectives, "--n-trials", "4")
+    assert main([*args, "--max-epochs", "2", "--sampler", "random"]) == 0
+    best = json.loads((out / "best.json").read_text())
+    result = load_result(out)
+    study = result.study
+    assert len(study.directions) == 2 and best["objectives"] == objectives
+    front_numbers = {t.number for t in study.best_trials}
+    assert [row["trial"] for row in result.pareto] == [row["trial"] for row in best["pareto"]]
+    assert {row["trial"] for row in result.pareto} == front_numbers
+    assert best["trial"] in front_numbers and best["chosen_by"] == RULE_KNEE
+    assert best["test_acc"] is not None  # the chosen trial's model, scored once
+    assert all(t.state == TrialState.COMPLETE for t in study.trials)  # no pruning in a front
+    assert (out / "plots" / "pareto_front.html").is_file()
+    assert 'id="figure-pareto_front"' in (out / "report.html").read_text()
+
+
+def _front_study(
+    values: list[tuple[float, float]], settings: dict[str, Any], over: tuple[bool, ...] = ()
+) -> optuna.Study:
+    """An in-memory front study of trials with these (accuracy, cost) values, some over budget."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr(RUN_SETTINGS, settings)
+    for i, (acc, cost) in enumerate(values):
+        constraint = {"constraints:params": 1.0 if i < len(over) and over[i] else -1.0}
+        study.add_trial(optuna.trial.create_trial(values=[acc, cost], system_attrs=constraint))
+    return study
+
+
+def test_the_knee_is_the_front_trial_nearest_the_ideal_point() -> None:
+    # Scaled over the front (costs on a log scale): (0, 1), (0.25, 0.5), (1, 0) from the ideal.
+    study = _front_study(
+        [(0.90, 1e6), (0.89, 1e5), (0.86, 1e4), (0.85, 1e6)],
+        {"objectives": "accuracy,params", "max_params": None},
+    )
+    trial, rule = choose(study)
+    assert (trial.number, rule) == (1, RULE_KNEE)
+
+
+def test_with_a_budget_the_most_accurate_front_trial_within_it_is_chosen() -> None:
+    study = _front_study(
+        [(0.90, 1e6), (0.89, 1e5), (0.86, 1e4)],
+        {"objectives": "accuracy,params", "max_params": 200_000},
+        over=(True, False, False),  # as Trial.set_constraint records it
+    )
+    trial, rule = choose(study)
+    assert (trial.number, rule) == (1, RULE_BUDGET)
