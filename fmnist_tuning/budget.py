@@ -2,7 +2,8 @@
 
 Every trial records its parameter count (known before it trains) and its CPU latency (measured
 once, after its first epoch). With ``--max-params`` or ``--max-latency-ms`` each becomes an Optuna
-constraint (``trial.set_constraint``: the amount over budget, feasible when zero or less): TPE
+constraint (``trial.set_constraint``: the excess over the budget as a fraction of it, feasible
+when zero or less): TPE
 learns from infeasible trials, pruned ones included, and ``study.best_trial`` is the best feasible
 one. A configuration over the parameter budget is stopped before it trains; one over the latency
 budget right after its measurement.
@@ -36,14 +37,17 @@ def count_params(module: torch.nn.Module) -> int:
 def cpu_latency_ms(module: torch.nn.Module) -> float:
     """The median time of one forward pass of one image on the CPU, in milliseconds.
 
-    In eval mode without autograd, as the model would serve; a model on a GPU is measured on a
-    CPU copy. The module's own mode is left as it was.
+    In eval mode without autograd, on one thread (the same basis whatever else runs and however
+    many workers share the cores), as the model would serve; a model on a GPU is measured on a
+    CPU copy of its network. The module's own mode and the thread count are left as they were;
+    no random numbers are drawn (the trial's own stream stays as it was).
     """
     on_cpu = all(p.device.type == "cpu" for p in module.parameters())
-    model = module if on_cpu else copy.deepcopy(module).cpu()
-    was_training = model.training
+    model = module if on_cpu else copy.deepcopy(getattr(module, "model", module)).cpu()
+    was_training, threads = model.training, torch.get_num_threads()
     model.eval()
-    image = torch.rand(IMAGE_SHAPE)
+    torch.set_num_threads(1)
+    image = torch.zeros(IMAGE_SHAPE)
     times = []
     try:
         with torch.inference_mode():
@@ -54,6 +58,7 @@ def cpu_latency_ms(module: torch.nn.Module) -> float:
                     times.append(time.perf_counter() - start)
     finally:
         model.train(was_training)
+        torch.set_num_threads(threads)
     return 1000 * statistics.median(times)
 
 
@@ -68,7 +73,8 @@ def _record(
     trial.set_user_attr(key, value)
     if limit is None:
         return ""
-    trial.set_constraint(key, value - limit)
+    # The excess relative to the budget: TPE and NSGA-II add the violations of both budgets up.
+    trial.set_constraint(key, (value - limit) / limit)
     if value <= limit:
         return ""
     why = f"{text}, over {flag} {limit:g}"

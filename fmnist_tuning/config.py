@@ -53,8 +53,14 @@ class RunConfig:
 
     @property
     def budgeted(self) -> bool:
-        """Whether a deployment budget holds: the search then reaches smaller widths."""
+        """Whether a deployment budget holds."""
         return self.max_params is not None or self.max_latency_ms is not None
+
+    @property
+    def small_widths(self) -> bool:
+        """Whether the search reaches small widths: under a budget, and in a front (whose cost
+        axis would otherwise start at 100k parameters)."""
+        return self.budgeted or self.objectives != "accuracy"
 
     @property
     def storage_url(self) -> str:

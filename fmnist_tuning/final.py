@@ -228,7 +228,7 @@ def _make_and_score(
     model = checkpoint if place is None else place.with_name(f".{place.name}.{os.getpid()}.part")
     try:
         if place is not None:
-            config = suggest_config(optuna.trial.FixedTrial(best.params), run.budgeted)
+            config = suggest_config(optuna.trial.FixedTrial(best.params), run.small_widths)
             choice = schedule.choose(best, config, run)  # on the validation split only
             chosen = choice["candidates"][choice["chosen"]]
             epochs, schedule_epochs = chosen["epochs"], chosen["schedule_epochs"]
@@ -294,14 +294,16 @@ def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
             model = _trial_checkpoint(best, run, store)
         except StudyError:  # on another machine's disk only: nothing here needs it
             model = Path(best.user_attrs.get(CHECKPOINT, ""))
-    prune_checkpoints(study, run.output_dir, keep=best.number, store=store)
+    # A front keeps every trial on it: a resumed study may choose another one of them.
+    keep = None if front.is_front(run) else best.number
+    prune_checkpoints(study, run.output_dir, keep=keep, store=store)
     states = [t.state for t in study.get_trials(deepcopy=False)]
     result = {
         "study_name": study.study_name,
         "storage": redact(run.storage_url),
         "trial": best.number,
         "params": best.params,
-        "config": suggest_config(optuna.trial.FixedTrial(best.params), run.budgeted).flat(),
+        "config": suggest_config(optuna.trial.FixedTrial(best.params), run.small_widths).flat(),
         "val_acc": front.accuracy(best),
         "objectives": run.objectives,
         "chosen_by": front.choose(study)[1]

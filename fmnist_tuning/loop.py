@@ -21,10 +21,10 @@ from optuna.trial import TrialState
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.faults import Interrupted, NonFiniteLoss, defer_interrupts, raise_if_interrupted
 from fmnist_tuning.front import accuracy
-from fmnist_tuning.keys import CLAIM_LOCK, WORKER
+from fmnist_tuning.keys import CLAIM_LOCK, EPOCHS, WORKER
 from fmnist_tuning.locks import FileLock
 from fmnist_tuning.objective import Objective, prune_checkpoints
-from fmnist_tuning.progress import FINISHED, count_states, finished, log_trial
+from fmnist_tuning.progress import FINISHED, count_states, feasible, finished, log_trial
 from fmnist_tuning.reconnect import raise_storage_unavailable
 from fmnist_tuning.runtime import release_memory, spare_long_lived_objects
 from fmnist_tuning.storage import MAX_RETRY, journal_path
@@ -45,6 +45,8 @@ def trials_since_best(study: optuna.Study) -> int:
     )
     best, since = -math.inf, 0
     for t in done:
+        if not feasible(t) and not t.user_attrs.get(EPOCHS):
+            continue  # over the budget before training: it cost nothing
         value = accuracy(t)
         if t.state == TrialState.COMPLETE and value is not None and value > best:
             best, since = value, 0

@@ -113,7 +113,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         run = self.run
-        config = suggest_config(trial, run.budgeted)
+        config = suggest_config(trial, run.small_widths)
         name = trial_name(trial.number)
         pl.seed_everything(run.seed + trial.number, verbose=False)
         module = build_module(config)

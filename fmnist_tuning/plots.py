@@ -126,8 +126,9 @@ def importances(study: optuna.Study) -> dict[str, float]:
         raise ValueError("needs at least 2 complete trials")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "some regimes have less than 2 trials": expected early on
+        # A custom target counts as lower-is-better here: rank by the negated accuracy.
         return optuna.importance.get_param_importances(
-            study, target=_accuracy if _is_front(study) else None
+            study, target=(lambda t: -_accuracy(t)) if _is_front(study) else None
         )
 
 

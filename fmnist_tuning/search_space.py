@@ -50,7 +50,7 @@ LR_RANGES: dict[str, tuple[float, float]] = {
 }
 MAX_LAYERS = 3
 UNITS_RANGE = (128, 1024)
-# Under a deployment budget (--max-params, --max-latency-ms) widths start at 16: one 128-unit layer
+# Under a deployment budget (--max-params, --max-latency-ms) and in a front, widths start at 16: one 128-unit layer
 # alone has 100k weights, so a tight budget would otherwise leave no network to train.
 BUDGET_UNITS_RANGE = (16, 1024)
 BATCH_SIZES = (128, 256, 512)
@@ -131,14 +131,14 @@ class TrialConfig:
 
 
 def suggest_config(
-    trial: optuna.Trial | optuna.trial.FixedTrial, budgeted: bool = False
+    trial: optuna.Trial | optuna.trial.FixedTrial, small_widths: bool = False
 ) -> TrialConfig:
     """Samples one configuration from the search space documented in this module.
 
-    ``budgeted``: under a deployment budget, widths come from :data:`BUDGET_UNITS_RANGE`.
+    ``small_widths``: under a deployment budget or in a front, widths come from :data:`BUDGET_UNITS_RANGE`.
     """
     n_layers = trial.suggest_int("n_layers", 1, MAX_LAYERS)
-    units = BUDGET_UNITS_RANGE if budgeted else UNITS_RANGE
+    units = BUDGET_UNITS_RANGE if small_widths else UNITS_RANGE
     hidden = tuple(trial.suggest_int(f"n_units_l{i}", *units, log=True) for i in range(n_layers))
     dropout = trial.suggest_float("dropout", 0.0, 0.5)
     batch_norm = trial.suggest_categorical("batch_norm", [True, False])
@@ -160,24 +160,24 @@ def suggest_config(
     )
 
 
-def distributions(budgeted: bool = False) -> dict[str, BaseDistribution]:
+def distributions(small_widths: bool = False) -> dict[str, BaseDistribution]:
     """Every distribution :func:`suggest_config` can ask for, over all of its branches."""
     found: dict[str, BaseDistribution] = {}
     values = {name: choices[0] for name, choices in GRID.items()}  # GRID names every parameter
     for optimizer in LR_RANGES:  # each optimizer's rate; the deepest net has every width
         trial = optuna.trial.FixedTrial({**values, "n_layers": MAX_LAYERS, "optimizer": optimizer})
-        suggest_config(trial, budgeted)
+        suggest_config(trial, small_widths)
         found.update(trial.distributions)
     return found
 
 
-def fingerprint(budgeted: bool = False) -> str:
+def fingerprint(small_widths: bool = False) -> str:
     """A short hash of :func:`distributions`.
 
     Stored in a new study and compared on resume, so that a study is never continued with other
     ranges or choices than its trials were sampled from.
     """
     text = json.dumps(
-        {k: distribution_to_json(d) for k, d in distributions(budgeted).items()}, sort_keys=True
+        {k: distribution_to_json(d) for k, d in distributions(small_widths).items()}, sort_keys=True
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]

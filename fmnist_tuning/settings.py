@@ -7,6 +7,7 @@ value is refused with the same words (naming the keyword and its flag) before an
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,8 @@ POSITIVE_INTS = (
 # 1 worker 11.9.
 ARTIFACT_SCHEMES = ("s3", "gs")  # the cloud artifact stores Optuna has (folders need none)
 AUTO_WORKERS = max(1, os.cpu_count() or 1)
+# 784*16 + 16 + 16*10 + 10: one hidden layer of the smallest width (search_space's 16), no BN.
+SMALLEST_NET_PARAMS = 12_730
 
 
 def _name(field: str) -> str:
@@ -91,9 +94,17 @@ def check(config: RunConfig) -> None:
     for field in ("timeout", "max_latency_ms"):
         value = getattr(config, field)
         if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not value > 0
+            or (field == "max_latency_ms" and not math.isfinite(value))
         ):
             raise SettingsError(f"{_name(field)}: expected a positive number, got {value!r}")
+    if config.max_params is not None and config.max_params < SMALLEST_NET_PARAMS:
+        raise SettingsError(
+            f"{_name('max_params')}: {config.max_params} is below the smallest network of the "
+            f"search space ({SMALLEST_NET_PARAMS} parameters: one layer of 16 units); raise it"
+        )
     if isinstance(config.seed, bool) or not isinstance(config.seed, int):
         raise SettingsError(f"{_name('seed')}: expected an integer, got {config.seed!r}")
     if not 0 <= config.seed < 2**31:

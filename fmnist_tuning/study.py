@@ -96,21 +96,21 @@ def run_settings(run: RunConfig) -> dict[str, Any]:
         "seed": run.seed,
         "val_size": run.val_size,
         "max_epochs": run.max_epochs,
-        "search_space": search_space.fingerprint(run.budgeted),
+        "search_space": search_space.fingerprint(run.small_widths),
         "max_params": run.max_params,
         "max_latency_ms": run.max_latency_ms,
         "early_stopping": run.early_stopping,
         "final_epochs": run.final_epochs,
         "sampler": run.sampler,
-        "pruner": run.pruner,
+        "pruner": "none" if front.is_front(run) else run.pruner,  # a front cannot prune
         "objectives": run.objectives,
         "data_dir": str(run.data_dir.resolve()),
     }
 
 
-def _check_trials_fit(study: optuna.Study, where: str, budgeted: bool) -> None:
+def _check_trials_fit(study: optuna.Study, where: str, small_widths: bool) -> None:
     """For a study that recorded no settings (made by hand): its trials must fit the space."""
-    current = search_space.distributions(budgeted)
+    current = search_space.distributions(small_widths)
     for t in study.get_trials(deepcopy=False):
         for name, distribution in t.distributions.items():
             if current.get(name) != distribution:
@@ -133,7 +133,7 @@ def _check_settings(study: optuna.Study, run: RunConfig) -> None:
     settings = run_settings(run)
     stored: dict[str, Any] | None = study.user_attrs.get(RUN_SETTINGS)
     if stored is None:  # a new study, or one made by hand or by an earlier version
-        _check_trials_fit(study, where, run.budgeted)
+        _check_trials_fit(study, where, run.small_widths)
         # An earlier version kept only the split, as {"seed": ..., "val_size": ...}.
         legacy = study.user_attrs.get(LEGACY_SPLIT, {})
         if any(legacy.get(key, settings[key]) != settings[key] for key in ("seed", "val_size")):

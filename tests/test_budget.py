@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fmnist_tuning import final
 from fmnist_tuning.api import load_result
+from fmnist_tuning.budget import count_params
 from fmnist_tuning.cli import main
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.front import RULE_BUDGET, RULE_KNEE, choose
@@ -27,8 +28,10 @@ from fmnist_tuning.keys import (
     trial_name,
 )
 from fmnist_tuning.loop import optimize
-from fmnist_tuning.search_space import DEFAULT_PARAMS
+from fmnist_tuning.search_space import BUDGET_UNITS_RANGE, DEFAULT_PARAMS, TrialConfig
+from fmnist_tuning.settings import SMALLEST_NET_PARAMS
 from fmnist_tuning.study import load_or_create
+from fmnist_tuning.trainer import build_module
 from tests.processes import tune_args
 
 SMALL = {
@@ -98,6 +101,8 @@ def test_a_latency_budget_is_measured_after_the_first_epoch(
         ["--max-latency-ms", "-1.5"],
         ["--max-latency-ms", "fast"],
         ["--max-latency-ms", "nan"],
+        ["--max-latency-ms", "inf"],
+        ["--max-params", "12000"],  # below the smallest network there is
         ["--objectives", "accuracy,params", "--max-latency-ms", "1"],
         ["--objectives", "accuracy,latency", "--max-params", "100000"],
         ["--objectives", "speed"],
@@ -189,3 +194,8 @@ def test_with_a_budget_the_most_accurate_front_trial_within_it_is_chosen() -> No
     )
     trial, rule = choose(study)
     assert (trial.number, rule) == (1, RULE_BUDGET)
+
+
+def test_the_smallest_network_the_settings_know_is_the_search_spaces() -> None:
+    smallest = TrialConfig(hidden_sizes=(BUDGET_UNITS_RANGE[0],), batch_norm=False)
+    assert count_params(build_module(smallest)) == SMALLEST_NET_PARAMS
