@@ -153,7 +153,8 @@ class DatabaseLock:
             if time.monotonic() - self._away_since < self.give_up_after:
                 return False
             raise StudyError(
-                f"cannot take a lock of the study on {redact(self.url)} ({first_line(err, 200)}); "
+                f"storage {redact(self.url)} unreachable for {self.give_up_after:g} s "
+                f"(--storage-timeout): cannot take a lock of the study ({first_line(err, 200)}); "
                 "rerun the same command once the database is back"
             ) from None
         self._away_since = None
@@ -225,8 +226,8 @@ def study_lock(
     return FileLock(beside.with_name(f".{beside.name}.{_digest(name).hex()[:16]}.lock"))
 
 
-def hold(lock: Lock, waiting: str, poll: float = 2.0) -> None:
-    """Takes ``lock``, waiting as long as another process holds it; logs ``waiting`` once.
+def hold(lock: Lock, waiting: str | None, poll: float = 2.0) -> None:
+    """Takes ``lock``, waiting as long as another process holds it; logs ``waiting`` (if any) once.
 
     Raises:
         fmnist_tuning.faults.Interrupted: A signal arrived while waiting.
@@ -234,7 +235,7 @@ def hold(lock: Lock, waiting: str, poll: float = 2.0) -> None:
     """
     said = False
     while not lock.try_acquire():
-        if not said:
+        if not said and waiting is not None:
             log.info("%s", waiting)
             said = True
         deadline = time.monotonic() + poll

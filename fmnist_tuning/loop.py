@@ -14,6 +14,7 @@ import math
 import os
 import socket
 import time
+from collections.abc import Iterator
 
 import optuna
 from optuna.trial import TrialState
@@ -22,7 +23,7 @@ from fmnist_tuning.config import RunConfig
 from fmnist_tuning.faults import Interrupted, NonFiniteLoss, defer_interrupts, raise_if_interrupted
 from fmnist_tuning.front import accuracy
 from fmnist_tuning.keys import CLAIM_LOCK, EPOCHS, WORKER
-from fmnist_tuning.locks import FileLock
+from fmnist_tuning.locks import FileLock, Lock, hold, study_lock
 from fmnist_tuning.objective import Objective, prune_checkpoints
 from fmnist_tuning.progress import FINISHED, count_states, feasible, finished, log_trial
 from fmnist_tuning.reconnect import raise_storage_unavailable
@@ -56,16 +57,29 @@ def trials_since_best(study: optuna.Study) -> int:
 
 
 class _Runner:
-    """What Optuna calls per trial: frees the claim, marks the trial with this worker, trains."""
+    """What Optuna calls per trial: frees the claims, marks the trial with this worker, trains."""
 
-    def __init__(self, objective: Objective, claim: FileLock) -> None:
+    def __init__(self, objective: Objective, claims: tuple[FileLock, Lock]) -> None:
         self.objective = objective
-        self.claim = claim
+        self.claims = claims
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        self.claim.release()  # the trial is RUNNING in the storage now: the others count it
+        for claim in reversed(self.claims):  # the trial is RUNNING in the storage now: the
+            claim.release()  # others count it
         trial.set_user_attr(WORKER, worker_id())
         return self.objective(trial)
+
+
+@contextlib.contextmanager
+def _claimed(claims: tuple[FileLock, Lock]) -> Iterator[None]:
+    """Holds this folder's claim, then the study's (every machine's); frees both on the way out."""
+    local, study_wide = claims
+    with local:
+        hold(study_wide, None, poll=0.2)
+        try:
+            yield
+        finally:
+            study_wide.release()
 
 
 def _fail_own_running_trials(study: optuna.Study) -> None:
@@ -130,9 +144,11 @@ def optimize(
     """Runs trials until the study holds ``n_trials`` finished ones, the timeout, or patience.
 
     Every worker process, here or on other machines, may run this on the same study. Before each
-    trial it counts the finished and running trials of the whole study (the processes of one
-    output dir take turns under a file lock), so ``n_trials`` is the study's exact total: Optuna's
-    ``MaxTrialsCallback`` alone would let every other worker finish one trial more. A trial
+    trial it counts the finished and running trials of the whole study, taking turns with the
+    other processes of its output dir (a file lock) and with every other machine (the study's
+    ``claim`` lock, see :func:`fmnist_tuning.locks.study_lock`), so ``n_trials`` is the study's
+    exact total: Optuna's ``MaxTrialsCallback`` alone would let every other worker finish one
+    trial more. A trial
     whose loss turns NaN fails and is replaced; a killed worker's trial turns FAIL after the grace
     period and is queued again; while others still run trials this worker waits, in case one
     fails and needs a replacement.
@@ -158,8 +174,12 @@ def optimize(
         lambda s, _: prune_checkpoints(s, run.output_dir, store=objective.store),
         release_memory,
     ]
-    claim = FileLock(run.output_dir / CLAIM_LOCK)
-    runner = _Runner(objective, claim)
+    claim = FileLock(run.output_dir / CLAIM_LOCK)  # this folder's processes take turns
+    study_claim = study_lock(  # and so do all the study's machines
+        run.storage_url, study.study_name, "claim", run.output_dir, run.storage_timeout
+    )
+    claims = (claim, study_claim)
+    runner = _Runner(objective, claims)
     heartbeats = journal_path(run.storage_url) is None
     total = math.inf if run.n_trials is None else run.n_trials
     with defer_interrupts(), spare_long_lived_objects():
@@ -173,7 +193,7 @@ def optimize(
                 if parent_pid is not None and os.getppid() != parent_pid:
                     log.warning("the process that started this worker is gone: stopping")
                     break
-                with claim:
+                with _claimed(claims):
                     if heartbeats:
                         optuna.storages.fail_stale_trials(study)  # killed workers' trials
                     else:

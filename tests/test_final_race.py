@@ -74,7 +74,9 @@ def test_two_machines_finishing_together_train_and_score_the_final_model_once(
         codes = [m.wait() for m in machines]
         logs = [m.stderr for m in machines]
         finals = _final_models(url, name)
+        trials = optuna.load_study(study_name=name, storage=url).trials
     assert codes == [0, 0], logs
+    assert len(trials) == 1, logs  # --n-trials is the study's total, across machines too
     assert sum(log.count(WAITING) for log in logs) == 1, logs
     assert sum(log.count(RETRAIN) for log in logs) == 1, logs
     assert sum(log.count(SCORE) for log in logs) == 1, logs
