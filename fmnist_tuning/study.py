@@ -6,7 +6,7 @@ from typing import Any
 
 import optuna
 
-from fmnist_tuning import budget, front, search_space
+from fmnist_tuning import budget, front, locks, search_space
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.errors import StudyError
 from fmnist_tuning.keys import RUN_SETTINGS, WORKER_SLOTS
@@ -200,8 +200,23 @@ def load_or_create(run: RunConfig, slot: int = 0) -> optuna.Study:
     )
     _check_settings(study, run)
     if run.warm_start and run.sampler != "grid" and not study.trials and budget.start_fits(run):
-        study.enqueue_trial(search_space.DEFAULT_PARAMS)  # a new study starts from the default
+        _enqueue_start(study, run)
     return study
+
+
+def _enqueue_start(study: optuna.Study, run: RunConfig) -> None:
+    """Queues the starting configuration as a new study's first trial, once across machines: under
+    the study's ``claim`` lock (the trial loop's, see :func:`fmnist_tuning.locks.study_lock`),
+    and only if the study is still empty then."""
+    lock = locks.study_lock(
+        run.storage_url, study.study_name, "claim", run.output_dir, run.storage_timeout
+    )
+    locks.hold(lock, None, poll=0.2)
+    try:
+        if not study.trials:  # read again: another machine may have queued it meanwhile
+            study.enqueue_trial(search_space.DEFAULT_PARAMS)
+    finally:
+        lock.release()
 
 
 def reserve_worker_slots(study: optuna.Study, n: int) -> int:
