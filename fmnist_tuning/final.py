@@ -192,15 +192,9 @@ def _final_model(
     key = _key(best, run)
     stored = stored_model(study, key)
     if stored is None:
-        lock = locks.study_lock(
-            run.storage_url, study.study_name, "final", run.output_dir, run.storage_timeout
-        )
-        try:
-            locks.hold(lock, WAITING)
+        with locks.holding(locks.run_lock(run, study.study_name, "final"), WAITING) as lock:
             # Made while this process waited? Else this process makes it.
             stored = stored_model(study, key) or _make_and_score(study, best, run, store, lock)
-        finally:
-            lock.release()
     set_current(study, key)
     return stored
 

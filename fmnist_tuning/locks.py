@@ -11,12 +11,14 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Protocol
 
 import sqlalchemy
 from sqlalchemy.pool import NullPool
 
+from fmnist_tuning.config import RunConfig
 from fmnist_tuning.errors import StudyError, first_line
 from fmnist_tuning.faults import raise_if_interrupted
 from fmnist_tuning.storage import engine_options, journal_path, redact
@@ -224,6 +226,21 @@ def study_lock(
         beside = fallback_dir / "study"
     # The study's name hashed: any name makes a valid file name.
     return FileLock(beside.with_name(f".{beside.name}.{_digest(name).hex()[:16]}.lock"))
+
+
+def run_lock(run: RunConfig, study_name: str, purpose: str) -> Lock:
+    """:func:`study_lock` as a run reaches its study: its storage, output folder, storage timeout."""
+    return study_lock(run.storage_url, study_name, purpose, run.output_dir, run.storage_timeout)
+
+
+@contextlib.contextmanager
+def holding(lock: Lock, waiting: str | None, poll: float = 2.0) -> Iterator[Lock]:
+    """:func:`hold` for a ``with`` block: the lock is freed on the way out, whatever happened."""
+    try:
+        hold(lock, waiting, poll)
+        yield lock
+    finally:
+        lock.release()
 
 
 def hold(lock: Lock, waiting: str | None, poll: float = 2.0) -> None:

@@ -23,12 +23,13 @@ from fmnist_tuning.config import RunConfig
 from fmnist_tuning.faults import Interrupted, NonFiniteLoss, defer_interrupts, raise_if_interrupted
 from fmnist_tuning.front import accuracy
 from fmnist_tuning.keys import CLAIM_LOCK, EPOCHS, WORKER
-from fmnist_tuning.locks import FileLock, Lock, hold, study_lock
+from fmnist_tuning.locks import FileLock, Lock, holding
 from fmnist_tuning.objective import Objective, prune_checkpoints
 from fmnist_tuning.progress import FINISHED, count_states, feasible, finished, log_trial
 from fmnist_tuning.reconnect import raise_storage_unavailable
 from fmnist_tuning.runtime import release_memory, spare_long_lived_objects
 from fmnist_tuning.storage import MAX_RETRY, journal_path
+from fmnist_tuning.study import claim_lock
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +75,8 @@ class _Runner:
 def _claimed(claims: tuple[FileLock, Lock]) -> Iterator[None]:
     """Holds this folder's claim, then the study's (every machine's); frees both on the way out."""
     local, study_wide = claims
-    with local:
-        hold(study_wide, None, poll=0.2)
-        try:
-            yield
-        finally:
-            study_wide.release()
+    with local, holding(study_wide, None, poll=0.2):
+        yield
 
 
 def _fail_own_running_trials(study: optuna.Study) -> None:
@@ -146,9 +143,8 @@ def optimize(
     Every worker process, here or on other machines, may run this on the same study. Before each
     trial it counts the finished and running trials of the whole study, taking turns with the
     other processes of its output dir (a file lock) and with every other machine (the study's
-    ``claim`` lock, see :func:`fmnist_tuning.locks.study_lock`), so ``n_trials`` is the study's
-    exact total: Optuna's ``MaxTrialsCallback`` alone would let every other worker finish one
-    trial more. A trial
+    lock, :func:`fmnist_tuning.study.claim_lock`), so ``n_trials`` is the study's exact total:
+    Optuna's ``MaxTrialsCallback`` alone would let every other worker finish one trial more. A trial
     whose loss turns NaN fails and is replaced; a killed worker's trial turns FAIL after the grace
     period and is queued again; while others still run trials this worker waits, in case one
     fails and needs a replacement.
@@ -175,9 +171,7 @@ def optimize(
         release_memory,
     ]
     claim = FileLock(run.output_dir / CLAIM_LOCK)  # this folder's processes take turns
-    study_claim = study_lock(  # and so do all the study's machines
-        run.storage_url, study.study_name, "claim", run.output_dir, run.storage_timeout
-    )
+    study_claim = claim_lock(run, study.study_name)  # and so do all the study's machines
     claims = (claim, study_claim)
     runner = _Runner(objective, claims)
     heartbeats = journal_path(run.storage_url) is None

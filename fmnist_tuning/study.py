@@ -204,19 +204,17 @@ def load_or_create(run: RunConfig, slot: int = 0) -> optuna.Study:
     return study
 
 
+def claim_lock(run: RunConfig, study_name: str) -> locks.Lock:
+    """The study's lock, every machine's, for claiming a trial and for queueing the start."""
+    return locks.run_lock(run, study_name, "claim")
+
+
 def _enqueue_start(study: optuna.Study, run: RunConfig) -> None:
     """Queues the starting configuration as a new study's first trial, once across machines: under
-    the study's ``claim`` lock (the trial loop's, see :func:`fmnist_tuning.locks.study_lock`),
-    and only if the study is still empty then."""
-    lock = locks.study_lock(
-        run.storage_url, study.study_name, "claim", run.output_dir, run.storage_timeout
-    )
-    locks.hold(lock, None, poll=0.2)
-    try:
+    the study's :func:`claim_lock`, and only if the study is still empty then."""
+    with locks.holding(claim_lock(run, study.study_name), None, poll=0.2):
         if not study.trials:  # read again: another machine may have queued it meanwhile
             study.enqueue_trial(search_space.DEFAULT_PARAMS)
-    finally:
-        lock.release()
 
 
 def reserve_worker_slots(study: optuna.Study, n: int) -> int:
