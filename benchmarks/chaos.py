@@ -112,7 +112,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(n: int) -> None:
-        first = reserve_worker_slots(study, n)
+        first = reserve_worker_slots(study, run, n)
         for slot in range(first, first + n):
             procs.append(workers.start(Job(run, slot, args.workers, os.getpid())))
 

@@ -1,7 +1,8 @@
 """Tune a fully-connected network on Fashion-MNIST with Optuna and PyTorch Lightning.
 
 The Python API (see :mod:`fmnist_tuning.api`): :func:`tune`, :func:`load_result`,
-:class:`TuneResult`; its errors live in :mod:`fmnist_tuning.errors`. The names are loaded on first
+:class:`TuneResult`, and :func:`load_model` (a final model's file → a classifier of raw images);
+its errors live in :mod:`fmnist_tuning.errors`. The names are loaded on first
 use, so that ``import fmnist_tuning.cli`` stays light until the command line has been checked.
 """
 
@@ -11,12 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fmnist_tuning.api import TuneResult, load_result, tune
+    from fmnist_tuning.classifier import load_model
 
 __version__ = "0.1.0"
-__all__ = ["TuneResult", "load_result", "tune"]
+__all__ = ["TuneResult", "load_model", "load_result", "tune"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "load_model":
+        from fmnist_tuning import classifier
+
+        return classifier.load_model
     if name in __all__:
         from fmnist_tuning import api
 

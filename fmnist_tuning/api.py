@@ -1,9 +1,11 @@
-"""The Python API: :func:`tune` runs the study the CLI runs; :func:`load_result` reopens one.
+"""The Python API: :func:`tune` runs the study the CLI runs; :func:`load_result` reopens one;
+:func:`load_model` reads a final model's file alone.
 
     >>> from fmnist_tuning import tune
     >>> result = tune(n_trials=10, max_epochs=5)   # same settings and defaults as fmnist-tune
     >>> result.best_params, result.val_acc, result.test_acc
     >>> result.predict(images)                      # class indices of uint8 N x 28 x 28 images
+    >>> load_model(result.checkpoint).predict(images)   # the same, from the file alone
 
 Nothing here calls ``sys.exit``: bad settings, data or storage raise :mod:`fmnist_tuning.errors`,
 and an interrupt (Ctrl-C, or "interrupt the kernel" in Jupyter) ends the running trial as FAIL and
@@ -17,7 +19,7 @@ import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import torch
@@ -32,6 +34,9 @@ from fmnist_tuning.results import stored_result
 from fmnist_tuning.search_space import TrialConfig, suggest_config
 from fmnist_tuning.settings import make_config
 from fmnist_tuning.storage import load_existing, redact
+
+if TYPE_CHECKING:  # imported where used: it imports Lightning, after runtime.setup_process
+    from fmnist_tuning.classifier import Classifier
 
 log = logging.getLogger("fmnist_tuning")
 
@@ -84,39 +89,27 @@ class TuneResult:
         return module.eval()
 
     @functools.cached_property
-    def _model(self) -> torch.nn.Module:
-        return self.load_model()
+    def _classifier(self) -> Classifier:
+        from fmnist_tuning.classifier import load_model
 
-    @functools.cached_property
-    def _pixel_stats(self) -> tuple[float, float]:
-        """The training split's mean and std, with which the model's inputs were normalised."""
-        from fmnist_tuning.data import make_splits
-        from fmnist_tuning.raw import load_raw
-
-        splits = make_splits(load_raw(self.config.data_dir), self.config.val_size, self.config.seed)
-        return splits.mean, splits.std
+        if self.checkpoint is None or not self.checkpoint.is_file():
+            raise NoResultError(
+                f"no model file at {self.checkpoint}, nor in the artifact store; pass the "
+                "artifact_store the study's machines share"
+            )
+        return load_model(self.checkpoint)
 
     def predict(self, images: Any) -> torch.Tensor:
         """Class indices (0-9, see ``fmnist_tuning.raw.CLASS_NAMES``) for a batch of images.
+
+        The model's own file classifies them (:func:`fmnist_tuning.load_model`): what the test
+        pass scored.
 
         Args:
             images: ``N x 28 x 28`` or ``N x 784``, a tensor or array: uint8 pixels (0-255, as in
                 the dataset files) or floats in [0, 1] (torchvision's ``ToTensor`` scale).
         """
-        from fmnist_tuning.data import normalise
-
-        x = torch.as_tensor(images).cpu()
-        if x.dim() not in (2, 3) or x.shape[1:].numel() != 784:
-            raise ValueError(f"expected images shaped N x 28 x 28 or N x 784, got {tuple(x.shape)}")
-        x = x.reshape(len(x), 784)
-        if x.is_floating_point():
-            if x.numel() and (x.isnan().any() or x.min() < 0 or x.max() > 1):
-                raise ValueError("float images must lie in [0, 1]; pass uint8 for 0-255 pixels")
-            x = x * 255
-        mean, std = self._pixel_stats
-        with torch.inference_mode():
-            logits: torch.Tensor = self._model(normalise(x, mean, std))
-        return logits.argmax(dim=1)
+        return self._classifier.predict(images)
 
     def figures(self) -> dict[str, Any]:
         """Optuna's plotly figures of the study by name (shown inline when a notebook cell ends
@@ -182,7 +175,7 @@ def run_study(config: RunConfig) -> tuple[optuna.Study, dict[str, Any]]:
                 raw.load_test(config.data_dir)  # the final model's test pass must not fail late
             the_study = study.load_or_create(config)
             config.output_dir.mkdir(parents=True, exist_ok=True)
-            first = study.reserve_worker_slots(the_study, config.workers)
+            first = study.reserve_worker_slots(the_study, config, config.workers)
             if config.budgeted:
                 log.info("deployment budget: %s (trials over it stop early)", budget_text(config))
             if workers is None:

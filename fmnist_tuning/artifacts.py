@@ -1,8 +1,8 @@
 """Model files in Optuna's artifact store, so that any machine can finalize a study without NFS.
 
 Each complete trial uploads its best-epoch checkpoint (its artifact id is the trial's
-``checkpoint_artifact`` attribute); beaten trials' copies are removed as their local files are; the
-final model is uploaded too. A machine that lacks a file on its own disk downloads it. The store is
+``checkpoint_artifact`` attribute); beaten trials' copies are removed once each, as their local
+files are (:mod:`fmnist_tuning.cleanup`); the final model is uploaded too. A machine that lacks a file on its own disk downloads it. The store is
 ``--artifact-store``: a folder (Optuna's ``FileSystemArtifactStore``; by default ``artifacts/`` in
 the output dir), ``s3://BUCKET`` (``Boto3ArtifactStore``, needs boto3) or ``gs://BUCKET``
 (``GCSArtifactStore``, needs google-cloud-storage).
@@ -10,8 +10,8 @@ the output dir), ``s3://BUCKET`` (``Boto3ArtifactStore``, needs boto3) or ``gs:/
 
 from __future__ import annotations
 
-import contextlib
 import io
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -32,6 +32,8 @@ from fmnist_tuning.errors import SettingsError, first_line
 
 ARTIFACTS_DIR = "artifacts"  # the default store's folder in the output dir
 BUCKETS = {"s3": (Boto3ArtifactStore, "boto3"), "gs": (GCSArtifactStore, "google-cloud-storage")}
+
+log = logging.getLogger(__name__)
 
 
 def store_location(run: RunConfig) -> str:
@@ -86,10 +88,32 @@ def upload(store: Any, path: Path, owner: optuna.Trial | optuna.Study) -> str:
     return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=owner)
 
 
-def remove(store: Any, artifact_id: str) -> None:
-    """Deletes a stored file (gone already, e.g. removed by another machine: nothing to do)."""
-    with contextlib.suppress(ArtifactNotFound, FileNotFoundError):
+def remove(store: Any, artifact_id: str) -> bool:
+    """Deletes a stored file; True once it is gone (deleted now, or missing already).
+
+    A store that raises on a missing key (Google Cloud Storage's ``NotFound``; Optuna's folder
+    store's ``ArtifactNotFound``) counts as done. Any other failure is logged in one line and
+    returns False: clean-up never ends a worker, and the caller may try again later.
+    """
+    try:
         store.remove(artifact_id)
+    except Exception as err:
+        if _missing(err):
+            return True
+        log.warning(
+            "could not delete %s from the artifact store (%s): trying again later",
+            artifact_id,
+            first_line(err, 200),
+        )
+        return False
+    return True
+
+
+def _missing(err: Exception) -> bool:
+    """Whether a store's error says the file is not there (each cloud library has its own)."""
+    if isinstance(err, (ArtifactNotFound, FileNotFoundError)):
+        return True
+    return type(err).__name__ in ("NotFound", "NoSuchKey") or getattr(err, "code", None) == 404
 
 
 def fetch(store: Any, artifact_id: str, path: Path) -> Path:

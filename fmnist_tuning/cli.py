@@ -48,6 +48,12 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+def _folder(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a folder, got {text!r}")
+    return Path(text)
+
+
 def _workers(text: str) -> int:
     return AUTO_WORKERS if text == "auto" else _integer(text)
 
@@ -65,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rebuild a stored study's report.)",
     )
     p.add_argument("--study-name", default=d.study_name, help="study name (default %(default)s)")
-    p.add_argument("--output-dir", type=Path, help="default runs/<study-name>")
+    p.add_argument("--output-dir", type=_folder, help="default runs/<study-name>")
     p.add_argument(
         "--storage",
         help="SQLAlchemy URL (e.g. postgresql+psycopg://user@host/db) or journal:PATH "
@@ -102,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="a database server unreachable this long ends the run, exit 2 (default %(default)s)",
     )
-    p.add_argument("--data-dir", type=Path, help="default $FMNIST_DATA_DIR, else ./data")
+    p.add_argument("--data-dir", type=_folder, help="default $FMNIST_DATA_DIR, else ./data")
     p.add_argument("--n-trials", type=_integer, default=d.n_trials, help="study total")
     p.add_argument("--timeout", type=_number, help="seconds; no new trial after it")
     p.add_argument(
@@ -198,8 +204,8 @@ def build_report_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--storage", required=True, help="Optuna storage URL of the study")
     p.add_argument("--study-name", default=RunConfig.study_name, help="default %(default)s")
-    p.add_argument("--output-dir", type=Path, help="default runs/<study-name>")
-    p.add_argument("--data-dir", type=Path, help="default: the folder the study recorded")
+    p.add_argument("--output-dir", type=_folder, help="default runs/<study-name>")
+    p.add_argument("--data-dir", type=_folder, help="default: the folder the study recorded")
     return p
 
 

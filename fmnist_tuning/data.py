@@ -10,17 +10,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
 from fmnist_tuning.raw import (
+    CLASS_NAMES,
     IMAGE_SIDE,
     RawFashionMNIST,
     check_val_size,
     download,
     load_raw,
-    load_test,
 )
 
 
@@ -152,7 +153,7 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         batch_size: Training batch size.
         val_size: Images of the official training set held out for validation.
         seed: Seed of the train/val split and of the per-epoch shuffles.
-        eval_batch_size: Batch size for validation and test; small enough that the widest
+        eval_batch_size: Batch size for validation; small enough that the widest
             models' evaluation activations stay a small part of a trial's memory.
         flip: Random horizontal flips of training batches (on the device, after transfer).
         full_train: Train on all 60,000 official training images (the validation images too), for
@@ -179,9 +180,9 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         self.seed = seed
         self.eval_batch_size = eval_batch_size
         self.splits: Splits | None = None
-        self.test_x: torch.Tensor | None = None  # official test images, uint8, in file order
-        self.test_y: torch.Tensor | None = None
-        self._test_stats = (0.0, 1.0)
+        # The training split's (mean, std), once set up: the inputs' normalisation, kept after
+        # teardown for the checkpoints saved then (see state_dict).
+        self.normalisation: tuple[float, float] | None = None
 
     def prepare_data(self) -> None:
         """Downloads the files when they are not on disk yet (one process, no state)."""
@@ -201,16 +202,22 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         return _SPLITS[key]
 
     def setup(self, stage: str | None = None) -> None:
-        """Builds the on-device splits; the official test set only for the ``test`` and
-        ``predict`` stages (and ``None``, every stage)."""
-        if stage in (None, "fit", "validate"):
-            self.splits = self._shared_splits()
-        if stage in (None, "test", "predict"):
-            stats = self._shared_splits()  # the test set is normalised with the training stats
-            test_x, test_y = load_test(self.data_dir)
-            self.test_x = test_x.to(stats.images.device)
-            self.test_y = test_y.to(stats.images.device)
-            self._test_stats = (stats.mean, stats.std)
+        """Builds the on-device splits (shared by every trial of the process).
+
+        No stage reads the official test set: the final model alone is scored on it, once,
+        through its own file (:func:`fmnist_tuning.final.score_on_test`).
+        """
+        self.splits = self._shared_splits()
+        self.normalisation = (self.splits.mean, self.splits.std)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a model needs beside its weights to classify raw images: the normalisation of its
+        inputs and the class names. Lightning stores this in every checkpoint of a run with this
+        DataModule, so a final model's file stands alone (:mod:`fmnist_tuning.classifier`)."""
+        if self.normalisation is None:
+            return {}
+        mean, std = self.normalisation
+        return {"mean": mean, "std": std, "class_names": list(CLASS_NAMES)}
 
     def train_dataloader(self) -> TensorBatches:
         assert self.splits is not None, "call setup('fit') first"
@@ -225,21 +232,10 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         s = self.splits
         return TensorBatches(s.images, s.labels, s.val_idx, self.eval_batch_size, s.mean, s.std)
 
-    def test_dataloader(self) -> TensorBatches:
-        assert self.test_x is not None and self.test_y is not None, "call setup('test') first"
-        every = torch.arange(len(self.test_y), device=self.test_y.device)  # official order
-        return TensorBatches(
-            self.test_x, self.test_y, every, self.eval_batch_size, *self._test_stats
-        )
-
-    def predict_dataloader(self) -> TensorBatches:
-        """The official test set, in file order (what the final model is scored on)."""
-        return self.test_dataloader()
-
     def on_after_batch_transfer(
         self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flips training batches (with ``flip``); validation and test images stay as they are."""
+        """Flips training batches (with ``flip``); validation images stay as they are."""
         trainer = self.trainer
         if not self.flip or trainer is None or not trainer.training:
             return batch
@@ -248,7 +244,4 @@ class FashionMNISTDataModule(pl.LightningDataModule):
 
     def teardown(self, stage: str | None = None) -> None:
         """Drops this module's references; the process-wide cache keeps the shared tensors."""
-        if stage in (None, "fit"):
-            self.splits = None
-        if stage in (None, "test"):
-            self.test_x = self.test_y = None
+        self.splits = None

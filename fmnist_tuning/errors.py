@@ -24,6 +24,10 @@ class StudyError(TuningError, ValueError):
     """The storage or the stored study cannot be used as asked; the message says how to fix it."""
 
 
+class ModelError(TuningError, ValueError):
+    """A model file is missing, unreadable, or not a model this package made."""
+
+
 class NoResultError(TuningError):
     """The study ended without a completed trial, so there is no best configuration to return."""
 

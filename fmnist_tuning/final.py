@@ -1,11 +1,14 @@
 """The final model: the best configuration retrained, scored once on the test set, ``best.json``.
 
-The official test set is scored here and nowhere else. Each final model (a trial's configuration
-retrained on all 60,000 training images, or with ``--no-retrain`` the trial's own checkpoint) is
-scored exactly once, across machines too (under the study's lock, :mod:`fmnist_tuning.locks`);
-the result, with everything the report shows (confusion matrix, per-class accuracy, the most
-confident mistakes), is stored in the study (:mod:`fmnist_tuning.results`), and ``best.json``
-and the report read it from there.
+The official test set is scored here and nowhere else. A best trial gets one final model (its
+configuration retrained on all 60,000 training images, or with ``--no-retrain`` the trial's own
+checkpoint), made and scored once, across machines too (under the study's lock,
+:mod:`fmnist_tuning.locks`). A later run whose final-model settings differ (``--final-epochs``,
+``--no-retrain``) reuses that model and its score, and says so: the test set never helps choose
+between settings. Only a new best trial gets a new final model. The result, with everything the
+report shows (confusion matrix, per-class accuracy, the most confident mistakes), is stored in the
+study (:mod:`fmnist_tuning.results`), with a record of every test pass; ``best.json`` and the
+report read it from there.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from scipy.stats import binomtest
 
 from fmnist_tuning import artifacts, front, locks, schedule
 from fmnist_tuning.callbacks import StopAfterEpochs
+from fmnist_tuning.classifier import load_model
+from fmnist_tuning.cleanup import Cleanup
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.data import FashionMNISTDataModule
 from fmnist_tuning.errors import StudyError
 from fmnist_tuning.files import write_atomic
 from fmnist_tuning.keys import (
@@ -44,11 +48,19 @@ from fmnist_tuning.keys import (
     WORKER,
     trial_name,
 )
-from fmnist_tuning.model import FashionMNISTClassifier
-from fmnist_tuning.objective import checkpoint_path, prune_checkpoints
+from fmnist_tuning.loop import worker_id
+from fmnist_tuning.objective import checkpoint_path
 from fmnist_tuning.progress import feasible
 from fmnist_tuning.raw import N_CLASSES, load_test
-from fmnist_tuning.results import model_key, set_current, store_model, stored_model
+from fmnist_tuning.results import (
+    count_test_passes,
+    model_key,
+    models_of,
+    record_test_pass,
+    set_current,
+    store_model,
+    stored_model,
+)
 from fmnist_tuning.search_space import TrialConfig, suggest_config
 from fmnist_tuning.storage import redact
 from fmnist_tuning.trainer import build_datamodule, build_module, build_trainer
@@ -58,9 +70,15 @@ log = logging.getLogger(__name__)
 N_CONFUSED = 24  # the most confident mistakes kept for the report
 
 
-def final_path(output_dir: Path, trial: int) -> Path:
-    """Where the configuration of ``trial`` retrained on all 60k images is saved."""
-    return output_dir / CHECKPOINT_DIR / f"final_{trial_name(trial)}.ckpt"
+def final_path(output_dir: Path, trial: int, final_epochs: int = 0) -> Path:
+    """Where the configuration of ``trial`` retrained on all 60k images is saved.
+
+    The name carries the final model's result key (:func:`fmnist_tuning.results.model_key`): the
+    trial, and the longest schedule validated for it (``_e40``; none when the trial's own
+    schedule stood), so no final model's file is ever another's.
+    """
+    longest = f"_e{final_epochs}" if final_epochs else ""
+    return output_dir / CHECKPOINT_DIR / f"final_{trial_name(trial)}{longest}.ckpt"
 
 
 def best_epoch(trial: FrozenTrial) -> int:
@@ -98,19 +116,17 @@ def wilson_interval(correct: int, n: int) -> tuple[float, float]:
 def score_on_test(model: Path, run: RunConfig) -> dict[str, Any]:
     """The one pass of a saved model over the official 10,000-image test set.
 
+    The model is read as any user reads it (:func:`fmnist_tuning.classifier.load_model`), so the
+    score is that of the file a user gets.
+
     Returns:
         ``test_acc``, its 95 % interval ``test_acc_ci95`` (Wilson: how far another draw of as
         many test images could move it), ``n_images``, ``confusion`` (rows = true class,
-        columns = predicted),
-        ``per_class`` accuracy, and ``confused``: the most confident mistakes as
-        ``[index, true, predicted, probability]``, most confident first.
+        columns = predicted), ``per_class`` accuracy, and ``confused``: the most confident
+        mistakes as ``[index, true, predicted, probability]``, most confident first.
     """
-    module = FashionMNISTClassifier.load_from_checkpoint(model, map_location="cpu")
-    datamodule = FashionMNISTDataModule(run.data_dir, val_size=run.val_size, seed=run.seed)
-    batches = build_trainer(run).predict(module, datamodule=datamodule)
-    assert batches is not None
-    probs = torch.cat([torch.as_tensor(b) for b in batches]).float().cpu()
-    labels = load_test(run.data_dir)[1]
+    images, labels = load_test(run.data_dir)
+    probs = load_model(model).probabilities(images)
     confidence, predicted = probs.max(dim=1)
     confusion = torch.bincount(labels * N_CLASSES + predicted, minlength=N_CLASSES**2)
     confusion = confusion.view(N_CLASSES, N_CLASSES)
@@ -155,12 +171,8 @@ def local_model(final: dict[str, Any], run: RunConfig, store: Any | None = None)
     Given the artifact store, a model missing from the output dir is copied from there first (it
     was made on another machine, or in another output dir).
     """
-    trial = int(final["trial"])
-    here = (
-        final_path(run.output_dir, trial)
-        if final["retrained"]
-        else checkpoint_path(run.output_dir, trial)
-    )
+    name = final.get("model_file") or Path(final["model"]).name  # earlier versions: the path's
+    here = run.output_dir / CHECKPOINT_DIR / name
     if not here.is_file() and store is not None and final.get("model_artifact"):
         with contextlib.suppress(ArtifactNotFound):
             artifacts.fetch(store, final["model_artifact"], here)
@@ -168,12 +180,23 @@ def local_model(final: dict[str, Any], run: RunConfig, store: Any | None = None)
 
 
 def _key(best: FrozenTrial, run: RunConfig) -> str:
-    """The name of the final model this run makes of ``best`` (its stored result's key)."""
+    """The name of the final model this run would make of ``best`` (its stored result's key)."""
     return model_key(best.number, run.retrain, schedule.longer_schedule(run))
 
 
+Made = tuple[str, dict[str, Any]]  # a stored final model: its key and its result
+
 WAITING = "another process of this study is making its final model: waiting"
 LOST = "the final model's lock was lost (its database connection dropped): waiting to take it again"
+
+
+def _made(study: optuna.Study, trial: int, key: str) -> Made | None:
+    """The stored final model of ``trial``: the one ``key`` names, else the first one made of it
+    with other settings (a trial's final model is made and scored once)."""
+    if (result := stored_model(study, key)) is not None:
+        return key, result
+    made = models_of(study, trial)
+    return made[0] if made else None
 
 
 def _final_model(
@@ -181,45 +204,56 @@ def _final_model(
 ) -> dict[str, Any]:
     """The stored result of the best trial's final model; trains and scores it the first time.
 
-    Once per study, across machines: the model is made under the study's ``final`` lock (see
+    Once per best trial, across machines: the model is made under the study's ``final`` lock (see
     :func:`fmnist_tuning.locks.study_lock`), and whoever takes the lock reads the stored results
     again first, so a machine that waited for another uses that machine's model. A holder that
     dies frees the lock and the next machine in line makes the model. (A holder whose database
     connection drops during its test pass loses the lock; another machine may then score a model
-    too, but only the first result stored counts.) Either way it becomes the study's current
-    final model.
+    too, but only the first result stored counts, and both passes are counted.) A run with other
+    final-model settings than the ones the stored model was made with reuses it, and says so.
+    Either way it becomes the study's current final model.
     """
     key = _key(best, run)
-    stored = stored_model(study, key)
-    if stored is None:
+    made = _made(study, best.number, key)
+    if made is None:
         with locks.holding(locks.run_lock(run, study.study_name, "final"), WAITING) as lock:
             # Made while this process waited? Else this process makes it.
-            stored = stored_model(study, key) or _make_and_score(study, best, run, store, lock)
-    set_current(study, key)
-    return stored
+            made = _made(study, best.number, key) or _make_and_score(study, best, run, store, lock)
+    made_key, result = made
+    if made_key != key:
+        log.info(
+            "trial %d's final model was made and scored already (%s): reusing it and its test "
+            "score; this run's final-model settings apply to a new best trial only",
+            best.number,
+            made_key,
+        )
+    set_current(study, made_key)
+    return result
 
 
-def _stored_meanwhile(study: optuna.Study, key: str, lock: locks.Lock) -> dict[str, Any] | None:
-    """Takes ``lock`` again if its connection dropped; then another machine's result, if any."""
+def _made_meanwhile(study: optuna.Study, trial: int, key: str, lock: locks.Lock) -> Made | None:
+    """Takes ``lock`` again if its connection dropped; then another machine's model, if any."""
     if lock.held():
         return None
     locks.hold(lock, LOST)
-    return stored_model(study, key)
+    return _made(study, trial, key)
 
 
 def _make_and_score(
     study: optuna.Study, best: FrozenTrial, run: RunConfig, store: Any, lock: locks.Lock
-) -> dict[str, Any]:
+) -> Made:
     """Makes the final model, scores it on the test set and stores the result, holding ``lock``.
 
     A retrained model is written beside its place and moved there only once its result is
     stored: the file at :func:`final_path` is always a scored model.
     """
     key = _key(best, run)
-    checkpoint = _trial_checkpoint(best, run, store)
     epochs, schedule_epochs, choice = best_epoch(best), run.max_epochs, None
-    place = final_path(run.output_dir, best.number) if run.retrain else None  # None: no retrain
-    model = checkpoint if place is None else place.with_name(f".{place.name}.{os.getpid()}.part")
+    if run.retrain:
+        place = final_path(run.output_dir, best.number, schedule.longer_schedule(run))
+        model = place.with_name(f".{place.name}.{os.getpid()}.part")
+    else:  # the trial's own checkpoint: the only case that needs it here
+        place, model = None, _trial_checkpoint(best, run, store)
     try:
         if place is not None:
             config = suggest_config(optuna.trial.FixedTrial(best.params), run.small_widths)
@@ -234,13 +268,15 @@ def _make_and_score(
                 schedule_epochs,
             )
             retrain_full(config, run, epochs, model, run.seed + best.number, schedule_epochs)
-        if (other := _stored_meanwhile(study, key, lock)) is not None:
+        if (other := _made_meanwhile(study, best.number, key, lock)) is not None:
             return other  # another process made and scored it meanwhile: never score twice
         log.info("scoring trial %d's final model on the official test set (once)", best.number)
+        record_test_pass(study, key, worker_id())
         result = {
             "trial": best.number,
             "retrained": run.retrain,
             "model": str((place or model).resolve()),
+            "model_file": (place or model).name,  # in <output-dir>/checkpoints on any machine
             "model_artifact": artifacts.upload(store, model, study)  # for other machines
             if place is not None
             else best.user_attrs.get(CHECKPOINT_ARTIFACT),
@@ -250,12 +286,12 @@ def _make_and_score(
             **score_on_test(model, run),
             "scored_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         }
-        if (other := _stored_meanwhile(study, key, lock)) is not None:
+        if (other := _made_meanwhile(study, best.number, key, lock)) is not None:
             return other  # the lock was lost during the test pass: the first result counts
         store_model(study, key, result)
         if place is not None:
             model.replace(place)
-        return result
+        return key, result
     finally:
         if place is not None:
             model.unlink(missing_ok=True)
@@ -290,7 +326,7 @@ def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
             model = Path(best.user_attrs.get(CHECKPOINT, ""))
     # A front keeps every trial on it: a resumed study may choose another one of them.
     keep = None if front.is_front(run) else best.number
-    prune_checkpoints(study, run.output_dir, keep=keep, store=store)
+    Cleanup(run.output_dir, store).prune(study, keep=keep)
     states = [t.state for t in study.get_trials(deepcopy=False)]
     result = {
         "study_name": study.study_name,
@@ -309,6 +345,7 @@ def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
         "latency_ms": best.user_attrs.get(LATENCY_MS),  # and CPU time per image, batch 1
         "feasible": feasible(best),  # within the budget (best_trial is the best feasible one)
         "test_set": "scored once" if run.test else "not scored (--no-test)",
+        "test_passes": count_test_passes(study),  # the study's final models scored, ever
         "test_acc": final.get("test_acc"),
         "test_acc_ci95": final.get("test_acc_ci95"),
         "epochs": best.user_attrs.get(EPOCHS),

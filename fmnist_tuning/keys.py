@@ -31,6 +31,8 @@ WORKER_SLOTS = "worker_slots"  # worker processes started so far (each seeds its
 FINAL_MODEL = "final_model "  # + a final model's name: its one test score (results.model_key)
 FINAL_CURRENT = "final_current"  # the name of the final model the latest best.json describes
 FINAL_MODELS = "final_models"  # what earlier versions kept instead: {"current", "models"}
+TEST_PASS = "test_pass "  # + a unique id: one read of the test set ({"model", "worker", "at"})
+CHECKPOINT_REMOVED = "checkpoint_removed "  # + a trial number: its stored checkpoint is deleted
 
 # Files and folders in the output directory.
 BEST_JSON = "best.json"

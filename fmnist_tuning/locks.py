@@ -13,8 +13,9 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Protocol
 
+import filelock
 import sqlalchemy
 from sqlalchemy.pool import NullPool
 
@@ -22,11 +23,6 @@ from fmnist_tuning.config import RunConfig
 from fmnist_tuning.errors import StudyError, first_line
 from fmnist_tuning.faults import raise_if_interrupted
 from fmnist_tuning.storage import engine_options, journal_path, redact
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; each process then goes ahead alone
-    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -45,43 +41,30 @@ class Lock(Protocol):
 
 
 class FileLock:
-    """An advisory lock on a file (``flock``), for processes that share a disk."""
+    """A lock file for processes that share a disk (the ``filelock`` package: ``flock`` on Unix,
+    ``msvcrt`` locking on Windows), as :class:`Lock` and as a blocking ``with`` block."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file: IO[str] | None = None
-
-    def acquire(self) -> None:
-        """Waits until the lock is free, then takes it."""
-        self._take(wait=True)
+        self._lock = filelock.FileLock(path)
 
     def try_acquire(self) -> bool:
-        return self._take(wait=False)
-
-    def _take(self, wait: bool) -> bool:
-        if fcntl is None:
-            return True
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        file = open(self.path, "a")  # noqa: SIM115 (held until release())
         try:
-            fcntl.flock(file, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            file.close()
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
             return False
-        self._file = file
         return True
 
     def held(self) -> bool:
-        return fcntl is None or self._file is not None
+        return self._lock.is_locked
 
     def release(self) -> None:
-        if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
+        self._lock.release(force=True)  # whatever the package's count of nested takes
 
     def __enter__(self) -> FileLock:
-        self.acquire()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock.acquire()
         return self
 
     def __exit__(self, *exc: object) -> None:

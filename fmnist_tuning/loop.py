@@ -19,12 +19,13 @@ from collections.abc import Iterator
 import optuna
 from optuna.trial import TrialState
 
+from fmnist_tuning.cleanup import Cleanup
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.faults import Interrupted, NonFiniteLoss, defer_interrupts, raise_if_interrupted
 from fmnist_tuning.front import accuracy
 from fmnist_tuning.keys import CLAIM_LOCK, EPOCHS, WORKER
 from fmnist_tuning.locks import FileLock, Lock, holding
-from fmnist_tuning.objective import Objective, prune_checkpoints
+from fmnist_tuning.objective import Objective
 from fmnist_tuning.progress import FINISHED, count_states, feasible, finished, log_trial
 from fmnist_tuning.reconnect import raise_storage_unavailable
 from fmnist_tuning.runtime import release_memory, spare_long_lived_objects
@@ -58,16 +59,18 @@ def trials_since_best(study: optuna.Study) -> int:
 
 
 class _Runner:
-    """What Optuna calls per trial: frees the claims, marks the trial with this worker, trains."""
+    """What Optuna calls per trial: marks the trial with this worker, frees the claims, trains."""
 
     def __init__(self, objective: Objective, claims: tuple[FileLock, Lock]) -> None:
         self.objective = objective
         self.claims = claims
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        for claim in reversed(self.claims):  # the trial is RUNNING in the storage now: the
-            claim.release()  # others count it
+        # The trial is RUNNING in the storage now, and once it names its worker no other machine
+        # takes it for one that nobody took up: then the others may count it.
         trial.set_user_attr(WORKER, worker_id())
+        for claim in reversed(self.claims):
+            claim.release()
         return self.objective(trial)
 
 
@@ -165,9 +168,10 @@ def optimize(
         log.info("resuming study %r: %d finished trials already", run.study_name, done)
     deadline = None if run.timeout is None else time.monotonic() + run.timeout
     objective = objective or Objective(run)
+    cleanup = Cleanup(run.output_dir, objective.store)
     callbacks = [
         lambda s, t: log_trial(s, t, n_trials=run.n_trials, deadline=deadline),
-        lambda s, _: prune_checkpoints(s, run.output_dir, store=objective.store),
+        lambda s, _: cleanup.prune(s),
         release_memory,
     ]
     claim = FileLock(run.output_dir / CLAIM_LOCK)  # this folder's processes take turns

@@ -148,14 +148,6 @@ class FashionMNISTClassifier(pl.LightningModule):
         self.log(VAL_LOSS, F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y))
         self.log(VAL_ACC, self.val_acc, on_epoch=True)
 
-    def predict_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
-    ) -> torch.Tensor:
-        """Class probabilities of a batch (the final model's one pass over the test set)."""
-        x, _ = batch
-        probabilities: torch.Tensor = self(x).softmax(dim=1)
-        return probabilities
-
     def configure_optimizers(self) -> Any:
         hp = self.hparams
         name = hp["optimizer"]

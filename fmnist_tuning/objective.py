@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import math
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -16,7 +15,6 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
 from fmnist_tuning import artifacts, budget, front
@@ -47,33 +45,6 @@ DataModuleFactory = Callable[[TrialConfig, RunConfig], pl.LightningDataModule]
 def checkpoint_path(output_dir: Path, number: int) -> Path:
     """Where trial ``number`` keeps its weights at its best epoch."""
     return output_dir / CHECKPOINT_DIR / f"{trial_name(number)}.ckpt"
-
-
-def prune_checkpoints(
-    study: optuna.Study, output_dir: Path, keep: int | None = None, store: Any = None
-) -> None:
-    """Deletes the checkpoints of finished trials other than the best; running ones may still win.
-
-    Args:
-        study: The study.
-        output_dir: The run's output folder (checkpoints live below it).
-        keep: The trial whose checkpoint alone stays (once no worker runs). By default, one
-            snapshot of the trials decides, so that a best trial another worker just finished is
-            never taken for a beaten one, and trials tied for the best value all keep theirs.
-        store: The artifact store, whose copies of those checkpoints go too.
-    """
-    trials = study.get_trials(deepcopy=False)
-    if len(study.directions) > 1:  # a front: every trial on it may still be chosen
-        kept = {t.number for t in study.best_trials} if keep is None else {keep}
-    else:
-        values = [t.value for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-        best = max(values, default=math.inf)
-        kept = {t.number for t in trials if t.value == best} if keep is None else {keep}
-    for trial in trials:
-        if trial.state.is_finished() and trial.number not in kept:
-            checkpoint_path(output_dir, trial.number).unlink(missing_ok=True)
-            if store is not None and CHECKPOINT_ARTIFACT in trial.user_attrs:
-                artifacts.remove(store, trial.user_attrs[CHECKPOINT_ARTIFACT])
 
 
 def _remove_checkpoint(checkpoint: ModelCheckpoint) -> None:

@@ -12,7 +12,6 @@ also records why a trial whose heartbeats stopped is failed (``fail_reason``).
 from __future__ import annotations
 
 import contextlib
-import datetime
 import logging
 import threading
 import time
@@ -164,6 +163,8 @@ class ReconnectingStorage(BaseStorage, BaseHeartbeat):
         self.inner = inner
         self._call = outage.call
         self._outage = outage
+        # Trial number → time.monotonic() when this process first saw it RUNNING with no worker.
+        self._unclaimed: dict[int, float] = {}
 
     # BaseStorage: every call goes to the database.
     def create_new_study(
@@ -291,18 +292,23 @@ class ReconnectingStorage(BaseStorage, BaseHeartbeat):
 
         The second kind is what a retried write can leave when the database committed a try whose
         reply was lost (a trial created, or taken from the queue, twice): RUNNING without a
-        heartbeat, it would never fail. No worker took it up when, a grace period plus a minute
-        after it started (room for clocks apart), it still has no ``worker`` attribute (the
-        first thing every trial records). Each records why it is about to fail.
+        heartbeat, it would never fail. No worker took it up when this process has seen it
+        RUNNING without a ``worker`` attribute (the first thing every trial records, before its
+        claim is freed) for a grace period plus a minute, timed by this process's own monotonic
+        clock: a start time that another host wrote, by its clock and in its time zone, is never
+        compared with this host's. Each records why it is about to fail.
         """
         stale = self._call(self.inner._get_stale_trial_ids, study_id)
         grace = self.inner.grace_period or 0
-        cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace + 60)
+        now, unclaimed = time.monotonic(), {}
         for trial in self._call(self.inner.get_all_trials, study_id, False, (TrialState.RUNNING,)):
-            started = trial.datetime_start
-            if WORKER not in trial.user_attrs and started is not None and started < cutoff:
+            if WORKER in trial.user_attrs:
+                continue
+            unclaimed[trial.number] = since = self._unclaimed.get(trial.number, now)
+            if now - since > grace + 60:
                 get_id = self.inner.get_trial_id_from_study_id_trial_number
                 stale.append(self._call(get_id, study_id, trial.number))
+        self._unclaimed = unclaimed  # forget the trials taken up (or finished) meanwhile
         reason = (
             f"no heartbeat from its worker for {grace} s (killed, or cut off from the database)"
         )

@@ -26,13 +26,14 @@ from fmnist_tuning.files import write_atomic
 from fmnist_tuning.keys import EPOCHS, LATENCY_MS, PARAMS, PLOTS_DIR, REPORT_HTML, RUN_SETTINGS
 from fmnist_tuning.progress import count_states, feasible, format_duration, rungs, wall_time
 from fmnist_tuning.raw import CLASS_NAMES, N_CLASSES, load_test
-from fmnist_tuning.results import stored_result
+from fmnist_tuning.results import count_test_passes, stored_result
 from fmnist_tuning.storage import redact
 
 log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).parent / "templates"
 MISTAKES_PNG = "confused_test_images.png"  # in plots/
+TEST_PASSES_ROW = "test passes (final models scored on the test set, ever)"
 _ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, keep_trailing_newline=True
 )
@@ -86,6 +87,7 @@ def _summary(study: optuna.Study, storage_url: str) -> list[tuple[str, Any]]:
     trial_seconds = sum(t.duration.total_seconds() for t in trials if t.duration)
     return [
         *rows,
+        (TEST_PASSES_ROW, count_test_passes(study)),
         ("wall time (first start → last end)", format_duration(wall_time(trials))),
         ("time inside trials (summed)", format_duration(trial_seconds)),
         ("sampler (when created)", setting("sampler")),
@@ -94,6 +96,7 @@ def _summary(study: optuna.Study, storage_url: str) -> list[tuple[str, Any]]:
         ("objectives", setting("objectives")),
         ("budget: parameters at most", settings.get("max_params") or "none"),
         ("budget: CPU ms per image at most", settings.get("max_latency_ms") or "none"),
+        ("early stopping (epochs without a gain)", setting("early_stopping")),
         ("seed (split, sampler, init)", setting("seed")),
         ("validation images", setting("val_size")),
         ("data folder (when created)", setting("data_dir")),
@@ -169,7 +172,8 @@ def _test(result: dict[str, Any] | None, data_dir: Path | None) -> dict[str, Any
     return {
         "skipped": None,
         "score": _score(result),
-        "model": f"trial {result['trial']}, {kind}",
+        "model": f"trial {result['trial']}, {kind}"
+        + (f" (checkpoints/{result['model_file']})" if result.get("model_file") else ""),
         "matrix": rows,
         "top_confusions": top,
         "per_class": [

@@ -1,18 +1,22 @@
-"""The final models' stored test results: read and written as the study's attributes.
+"""The final models' stored test results, and the study's count of test passes: study attributes.
 
 Each final model's result is an attribute of its own (``final_model <key>``), so that machines that
 store different final models never overwrite each other's; ``final_current`` names the one the
-latest ``best.json`` describes. Studies made by earlier versions kept them all in one attribute,
+latest ``best.json`` describes. Each pass over the test set is recorded just before it reads the
+test set (``test_pass <id>``), so :func:`test_passes` counts every read, a pass whose result was
+never stored too. Studies made by earlier versions kept their results in one attribute,
 ``final_models`` (``{"current": key, "models": {key: result}}``), which is still read.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
 from typing import Any
 
 import optuna
 
-from fmnist_tuning.keys import FINAL_CURRENT, FINAL_MODEL, FINAL_MODELS
+from fmnist_tuning.keys import FINAL_CURRENT, FINAL_MODEL, FINAL_MODELS, TEST_PASS
 
 
 def model_key(trial: int, retrained: bool, final_epochs: int = 0) -> str:
@@ -28,9 +32,41 @@ def model_key(trial: int, retrained: bool, final_epochs: int = 0) -> str:
 
 def stored_model(study: optuna.Study, key: str) -> dict[str, Any] | None:
     """The stored result of the final model ``key``, read afresh from the storage; None if none."""
-    attrs = study.user_attrs
-    result = attrs.get(FINAL_MODEL + key) or attrs.get(FINAL_MODELS, {}).get("models", {}).get(key)
+    result = stored_models(study).get(key)
     return None if result is None else dict(result)
+
+
+def stored_models(study: optuna.Study) -> dict[str, dict[str, Any]]:
+    """Every stored final model's result by its key (an earlier version's too)."""
+    attrs = study.user_attrs
+    models: dict[str, dict[str, Any]] = dict(attrs.get(FINAL_MODELS, {}).get("models", {}))
+    models.update(
+        {k.removeprefix(FINAL_MODEL): v for k, v in attrs.items() if k.startswith(FINAL_MODEL)}
+    )
+    return models
+
+
+def models_of(study: optuna.Study, trial: int) -> list[tuple[str, dict[str, Any]]]:
+    """The stored final models made from ``trial``, as ``(key, result)``, the first scored first."""
+    made = [(k, dict(v)) for k, v in stored_models(study).items() if v.get("trial") == trial]
+    return sorted(made, key=lambda kv: (str(kv[1].get("scored_at", "")), kv[0]))
+
+
+def record_test_pass(study: optuna.Study, key: str, worker: str) -> None:
+    """Records, before it reads the test set, one pass of the final model ``key`` over it."""
+    now = dt.datetime.now(dt.timezone.utc).isoformat()
+    study.set_user_attr(TEST_PASS + uuid.uuid4().hex, {"model": key, "worker": worker, "at": now})
+
+
+def count_test_passes(study: optuna.Study) -> int:
+    """How many times the study's final models were scored on the test set, on any machine.
+
+    The recorded passes, and each stored result of an earlier version that recorded none.
+    """
+    attrs = study.user_attrs
+    recorded = {v.get("model") for k, v in attrs.items() if k.startswith(TEST_PASS)}
+    passes = sum(k.startswith(TEST_PASS) for k in attrs)
+    return passes + sum(key not in recorded for key in stored_models(study))
 
 
 def store_model(study: optuna.Study, key: str, result: dict[str, Any]) -> None:

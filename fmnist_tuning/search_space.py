@@ -160,6 +160,11 @@ def suggest_config(
     )
 
 
+def recipe() -> dict[str, Any]:
+    """The fixed recipe every trial shares (not searched): bound to a study, like its ranges."""
+    return {"label_smoothing": LABEL_SMOOTHING, "scheduler": SCHEDULER, "flip": FLIP}
+
+
 def distributions(small_widths: bool = False) -> dict[str, BaseDistribution]:
     """Every distribution :func:`suggest_config` can ask for, over all of its branches."""
     found: dict[str, BaseDistribution] = {}

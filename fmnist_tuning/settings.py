@@ -21,24 +21,32 @@ CHOICES = {
     "pruner": ("asha", "median", "hyperband", "none"),
     "accelerator": ("auto", "cpu", "gpu"),
 }
-POSITIVE_INTS = (
-    "n_trials",
-    "max_epochs",
-    "final_epochs",
-    "max_params",
-    "patience",
-    "early_stopping",
-    "val_size",
-    "workers",
-    "heartbeat_interval",
-    "grace_period",
-    "storage_timeout",
-)
 # What workers="auto" (--workers auto) means: one worker process per core, one torch thread each.
 # Measured on the 2-core reference CPU (16-point grid, 2-epoch trials): 2 workers 15.9 trials/min,
 # 1 worker 11.9.
-ARTIFACT_SCHEMES = ("s3", "gs")  # the cloud artifact stores Optuna has (folders need none)
 AUTO_WORKERS = max(1, os.cpu_count() or 1)
+DAY = 86_400  # seconds
+# Every count and interval is a positive integer no larger than its bound here: a value past it is
+# a typo or a unit mix-up (milliseconds for seconds), never a plan, and would run for ages or
+# start a process storm before anything said so.
+POSITIVE_INTS = {
+    "n_trials": 1_000_000,
+    "max_epochs": 1_000,
+    "final_epochs": 1_000,
+    "max_params": 10**12,
+    "patience": 1_000_000,
+    "early_stopping": 1_000,
+    "val_size": 10**9,  # and checked against the data, once it is read
+    "workers": 4 * AUTO_WORKERS,  # more processes than that only compete for the cores
+    "heartbeat_interval": 3_600,
+    "grace_period": 7 * DAY,
+    "storage_timeout": 7 * DAY,
+}
+OPTIONAL = ("n_trials", "max_params", "patience", "grace_period")  # None: no limit, or the default
+MAX_TIMEOUT = 365 * DAY
+ARTIFACT_SCHEMES = ("s3", "gs")  # the cloud artifact stores Optuna has (folders need none)
+STUDY_NAME_LENGTH = 512  # Optuna's study-name column
+TEXTS = ("study_name", "storage", "artifact_store")  # given as text: never empty or padded
 # 784*16 + 16 + 16*10 + 10: one hidden layer of the smallest width (search_space's 16), no BN.
 SMALLEST_NET_PARAMS = 12_730
 
@@ -67,6 +75,8 @@ def make_config(**settings: Any) -> RunConfig:
         settings["workers"] = AUTO_WORKERS
     for path in ("output_dir", "data_dir"):
         if settings.get(path) is not None:
+            if isinstance(settings[path], str) and not settings[path].strip():
+                raise SettingsError(f"{_name(path)}: expected a folder, got {settings[path]!r}")
             settings[path] = Path(settings[path])
     if settings.get("output_dir") is None:
         settings["output_dir"] = Path("runs") / settings.get("study_name", RunConfig.study_name)
@@ -85,21 +95,29 @@ def check(config: RunConfig) -> None:
             grace period not longer than the heartbeat, an output folder or artifact store that
             cannot be made, or a GPU asked for where there is none.
     """
-    for field in POSITIVE_INTS:
+    _check_texts(config)
+    for field, most in POSITIVE_INTS.items():
         value = getattr(config, field)
-        if value is None and field in ("n_trials", "max_params", "patience", "grace_period"):
+        if value is None and field in OPTIONAL:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise SettingsError(f"{_name(field)}: expected a positive integer, got {value!r}")
+        if value > most:
+            raise SettingsError(f"{_name(field)}: {value} is too large; at most {most} makes sense")
     for field in ("timeout", "max_latency_ms"):
         value = getattr(config, field)
         if value is not None and (
             isinstance(value, bool)
             or not isinstance(value, int | float)
             or not value > 0
-            or (field == "max_latency_ms" and not math.isfinite(value))
+            or not math.isfinite(value)
         ):
             raise SettingsError(f"{_name(field)}: expected a positive number, got {value!r}")
+    if config.timeout is not None and config.timeout > MAX_TIMEOUT:
+        raise SettingsError(
+            f"{_name('timeout')}: {config.timeout:g} s is over a year; give it in seconds "
+            f"(at most {MAX_TIMEOUT})"
+        )
     if config.max_params is not None and config.max_params < SMALLEST_NET_PARAMS:
         raise SettingsError(
             f"{_name('max_params')}: {config.max_params} is below the smallest network of the "
@@ -137,6 +155,8 @@ def check(config: RunConfig) -> None:
             f"{config.heartbeat_interval}, or live trials would be failed"
         )
     _check_output_dir(config.output_dir)
+    if config.data_dir.is_file():
+        raise SettingsError(f"{_name('data_dir')}: {config.data_dir} is a file; name a folder")
     store = config.artifact_store
     if store is not None:
         scheme, sep, bucket = str(store).partition("://")
@@ -153,6 +173,33 @@ def check(config: RunConfig) -> None:
             raise SettingsError(
                 "--accelerator gpu: no CUDA device here; use --accelerator auto or cpu"
             )
+
+
+def _check_texts(config: RunConfig) -> None:
+    """Refuses an empty, padded or unprintable name, storage URL or artifact store, and a study
+    name that cannot be a folder's (the output dir defaults to ``runs/<study-name>``)."""
+    for field in TEXTS:
+        value = getattr(config, field)
+        if value is None and field != "study_name":
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise SettingsError(f"{_name(field)}: expected a non-empty text, got {value!r}")
+        if value != value.strip() or not value.isprintable():
+            raise SettingsError(
+                f"{_name(field)}: {value!r} has leading or trailing spaces or unprintable "
+                "characters; remove them"
+            )
+    name = config.study_name
+    if len(name) > STUDY_NAME_LENGTH:
+        raise SettingsError(
+            f"{_name('study_name')}: {len(name)} characters; Optuna stores at most "
+            f"{STUDY_NAME_LENGTH}"
+        )
+    if name in (".", "..") or "/" in name or "\\" in name:
+        raise SettingsError(
+            f"{_name('study_name')}: {name!r} cannot name a folder (runs/<study-name>); use "
+            "letters, digits, '-', '_' or '.'"
+        )
 
 
 def _check_output_dir(path: Path, flag: str = "--output-dir") -> None:

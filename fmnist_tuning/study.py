@@ -20,9 +20,10 @@ WARMUP_EPOCHS = 2  # no trial is pruned in its first epochs: slow starters need 
 ASHA_MIN_EPOCHS = 2  # successive halving's first rung: every trial trains this many epochs
 ASHA_REDUCTION = 3  # the top third of the trials scored at a rung go on to the next
 DIRECTION = optuna.study.StudyDirection.MAXIMIZE
-# The settings a study's values depend on: resuming with others would mix values that do not
-# compare (another validation split, another schedule length, other ranges).
-BINDING = ("seed", "val_size", "max_epochs", "search_space")
+# The flags a study's values depend on: resuming with others would mix values that do not
+# compare (another validation split, another schedule length, another in-trial patience). The
+# search space, the fixed recipe, the objectives and the budgets are bound too (checked apart).
+BINDING = ("seed", "val_size", "max_epochs", "early_stopping")
 BUDGETS = ("max_params", "max_latency_ms")  # a study's constraints: its feasible set
 LEGACY_SPLIT = "validation_split"  # what studies of earlier versions recorded instead
 
@@ -48,14 +49,15 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     """Successive halving (the default), median pruning after a warm-up, Hyperband, or none.
 
-    Successive halving (Optuna's asynchronous ``SuccessiveHalvingPruner``) is what makes most
-    trials cheap: every trial is scored at rungs after epochs 2, 4, 10, ... (the pruning callback
-    reports epoch indices, so step 1 is the second epoch), and goes on only while it is in the
-    top third of the trials scored at that rung; with the default 9-epoch budget, a trial costs 2
-    epochs unless it earns more. Without the warm-up the median of epoch-0 accuracies prunes
-    nearly every trial at its first epoch, before slow starters (small learning rates, SGD) show
-    what they can do. Hyperband (successive halving over several brackets, by thirds) gets the
-    same warm-up as its smallest budget and the trial's epochs as its largest.
+    The pruning callback reports epoch indices, so step 1 is the end of the second epoch; every
+    pruner's resources below are such steps. Successive halving (Optuna's asynchronous
+    ``SuccessiveHalvingPruner``) is what makes most trials cheap: every trial is scored at rungs
+    after epochs 2, 4, 10, ..., and goes on only while it is in the top third of the trials scored
+    at that rung; with the default 9-epoch budget, a trial costs 2 epochs unless it earns more.
+    Without the warm-up the median of epoch-0 accuracies prunes nearly every trial at its first
+    epoch, before slow starters (small learning rates, SGD) show what they can do. Hyperband
+    (successive halving over several brackets, by thirds) starts its rungs after the same warm-up
+    (epoch 2) and takes the trial's last epoch as its largest budget.
     """
     if name == "asha":
         halving = optuna.pruners.SuccessiveHalvingPruner(
@@ -65,8 +67,9 @@ def make_pruner(name: str, max_epochs: int) -> optuna.pruners.BasePruner:
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=WARMUP_EPOCHS)
     if name == "hyperband":
+        first, last = WARMUP_EPOCHS - 1, max_epochs - 1  # steps: epoch indices
         return optuna.pruners.HyperbandPruner(
-            min_resource=WARMUP_EPOCHS, max_resource=max_epochs, reduction_factor=3
+            min_resource=first, max_resource=max(last, first), reduction_factor=3
         )
     if name == "none":
         return optuna.pruners.NopPruner()
@@ -97,6 +100,7 @@ def run_settings(run: RunConfig) -> dict[str, Any]:
         "val_size": run.val_size,
         "max_epochs": run.max_epochs,
         "search_space": search_space.fingerprint(run.small_widths),
+        "recipe": search_space.recipe(),
         "max_params": run.max_params,
         "max_latency_ms": run.max_latency_ms,
         "early_stopping": run.early_stopping,
@@ -164,12 +168,18 @@ def _check_settings(study: optuna.Study, run: RunConfig) -> None:
             f"{settings['search_space']}); its trials cannot guide this one: use another "
             "--study-name"
         )
-    changed = [key for key in BINDING if stored.get(key) != settings[key]]
-    if changed:
-        flags = " ".join(f"--{key.replace('_', '-')} {stored.get(key)}" for key in BINDING[:3])
+    if stored.get("recipe", settings["recipe"]) != settings["recipe"]:  # older studies: unknown
         raise StudyError(
-            f"{where} was tuned on the validation split and schedule of {flags}; resume it with "
-            "those flags or use another --study-name"
+            f"{where} was trained with another fixed recipe ({stored['recipe']}, this version "
+            f"{settings['recipe']}); its values do not compare: use another --study-name"
+        )
+    # A flag a study of an earlier version did not record is taken as it comes.
+    changed = [key for key in BINDING if key in stored and stored[key] != settings[key]]
+    if changed:
+        flags = " ".join(f"--{key.replace('_', '-')} {stored[key]}" for key in changed)
+        raise StudyError(
+            f"{where} was tuned with {flags}, which its trials' values depend on; resume it with "
+            "that, or use another --study-name"
         )
 
 
@@ -198,34 +208,33 @@ def load_or_create(run: RunConfig, slot: int = 0) -> optuna.Study:
         pruner=make_pruner("none" if front.is_front(run) else run.pruner, run.max_epochs),
         load_if_exists=True,
     )
-    _check_settings(study, run)
-    if run.warm_start and run.sampler != "grid" and not study.trials and budget.start_fits(run):
-        _enqueue_start(study, run)
+    # Under the study's claim lock, as every machine reads, checks and writes these: the first
+    # machine records the settings and queues the start, the others find them.
+    with locks.holding(claim_lock(run, study.study_name), None, poll=0.2):
+        _check_settings(study, run)
+        start = run.warm_start and run.sampler != "grid" and budget.start_fits(run)
+        if start and not study.trials:
+            study.enqueue_trial(search_space.DEFAULT_PARAMS)
     return study
 
 
 def claim_lock(run: RunConfig, study_name: str) -> locks.Lock:
-    """The study's lock, every machine's, for claiming a trial and for queueing the start."""
+    """The study's lock, every machine's: for claiming a trial, recording the run settings,
+    queueing the start and numbering workers."""
     return locks.run_lock(run, study_name, "claim")
 
 
-def _enqueue_start(study: optuna.Study, run: RunConfig) -> None:
-    """Queues the starting configuration as a new study's first trial, once across machines: under
-    the study's :func:`claim_lock`, and only if the study is still empty then."""
-    with locks.holding(claim_lock(run, study.study_name), None, poll=0.2):
-        if not study.trials:  # read again: another machine may have queued it meanwhile
-            study.enqueue_trial(search_space.DEFAULT_PARAMS)
-
-
-def reserve_worker_slots(study: optuna.Study, n: int) -> int:
+def reserve_worker_slots(study: optuna.Study, run: RunConfig, n: int) -> int:
     """Numbers ``n`` new workers of the study; returns the first number.
 
     Worker ``k`` seeds its sampler with ``seed + k``: the workers of one run, of a resumed run and
-    of other machines draw different trials, yet a run is reproducible from its seed. (Two
-    machines starting at the same instant may share numbers: their first random trials repeat.)
+    of other machines draw different trials, yet a run is reproducible from its seed. Read and
+    written under the study's :func:`claim_lock`, so machines that start together never share a
+    number.
     """
-    first = int(study.user_attrs.get(WORKER_SLOTS, 0))
-    study.set_user_attr(WORKER_SLOTS, first + n)
+    with locks.holding(claim_lock(run, study.study_name), None, poll=0.2):
+        first = int(study.user_attrs.get(WORKER_SLOTS, 0))
+        study.set_user_attr(WORKER_SLOTS, first + n)
     return first
 
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny synthetic Fashion-MNIST in the real IDX .gz format."""
+"""Shared fixtures: a tiny synthetic Fashion-MNIST in the real IDX .gz format; the network guard."""
 
 from __future__ import annotations
 
@@ -7,17 +7,54 @@ import importlib.util
 import os
 import shutil
 import struct
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 
-from fmnist_tuning import data, raw
-from fmnist_tuning.config import RunConfig
-
 N_TRAIN, N_TEST, VAL_SIZE = 600, 100, 100
 ROOT = Path(__file__).resolve().parents[1]
+OFFLINE = ROOT / "tests" / "offline"  # its sitecustomize.py guards every process the tests start
+
+
+def _guard_the_network() -> Path:
+    """No test reaches the network or downloads the dataset, in this process or any it starts
+    (``tests/offline/sitecustomize.py``); returns the file where download attempts are recorded."""
+    record = Path(tempfile.mkdtemp(prefix="fmnist-downloads-")) / "downloads.log"
+    record.touch()
+    os.environ["FMNIST_TEST_OFFLINE"] = "1"
+    os.environ["FMNIST_TEST_DOWNLOADS"] = str(record)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(OFFLINE), str(ROOT), os.environ.get("PYTHONPATH")])
+    )
+    spec = importlib.util.spec_from_file_location(
+        "fmnist_test_offline", OFFLINE / "sitecustomize.py"
+    )
+    assert spec is not None and spec.loader is not None
+    guard = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(guard)  # installs it here (FMNIST_TEST_OFFLINE is set)
+    return record
+
+
+DOWNLOADS = _guard_the_network()  # before the package's modules are imported below
+
+from fmnist_tuning import data, raw  # noqa: E402
+from fmnist_tuning.config import RunConfig  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _no_download() -> Iterator[None]:
+    """Fails the test that tried to download the dataset, here or in a process it started."""
+    before = DOWNLOADS.stat().st_size
+    yield
+    with DOWNLOADS.open() as record:
+        record.seek(before)
+        tried = record.read().strip()
+    if tried:
+        pytest.fail(f"this test tried to download Fashion-MNIST (tests never do): {tried}")
 
 
 def load_script(name: str) -> ModuleType:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import urllib.error
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import lightning.pytorch as pl
 import optuna
 import pytest
 import torch
+import torchvision
 from lightning.pytorch.callbacks import Callback
 from optuna.trial import TrialState
 
@@ -132,8 +134,17 @@ def test_bad_settings_raise_the_typed_error_with_the_clis_message(
 
 
 def test_missing_data_and_an_output_dir_that_is_a_file_raise_the_clis_message(
-    fake_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    fake_data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    def offline(*args: Any, **kwargs: Any) -> None:  # as torchvision fails without a network
+        raise urllib.error.URLError("no network")
+
+    # The real download, with a torchvision that fails on purpose (the guard refuses any other).
+    monkeypatch.setattr(raw, "download", raw.download.__wrapped__)  # type: ignore[attr-defined]
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
     empty = tmp_path / "empty"
     empty.mkdir()
     taken = tmp_path / "taken"
@@ -145,6 +156,7 @@ def test_missing_data_and_an_output_dir_that_is_a_file_raise_the_clis_message(
         message = _cli_message(["--data-dir", str(data_dir), "--output-dir", str(out)], capsys)
         with pytest.raises(error, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
             fmnist_tuning.tune(data_dir=data_dir, output_dir=out)
+    assert "the download failed (URLError)" in message or "is a file" in message
     assert taken.read_text() == "not a folder"
 
 

@@ -38,7 +38,9 @@ def test_two_trial_study_writes_best_json_tensorboard_and_storage(
     assert Path(best["checkpoint"]).is_file() and best["retrained_on_full_train"]
     kept = {p.name for p in (out / "checkpoints").iterdir()}
     name = f"trial_{best['trial']:04d}"
-    assert kept == {f"final_{name}.ckpt", f"{name}.ckpt"}  # beaten trials' are gone
+    final = f"final_{name}_e40.ckpt"  # the final model of schedules up to --final-epochs 40
+    assert kept == {final, f"{name}.ckpt"}  # beaten trials' are gone
+    assert best["checkpoint"] == str(out.resolve() / "checkpoints" / final)
 
     runs = sorted(p.name for p in (out / "tensorboard").iterdir())
     assert runs == ["trial_0000", "trial_0001"]
@@ -65,11 +67,70 @@ def test_rerunning_resumes_the_same_study(fake_data_dir: Path, tmp_path: Path) -
 
 
 @pytest.mark.integration
-def test_patience_stops_the_study(fake_data_dir: Path, tmp_path: Path) -> None:
+def test_patience_stops_the_study_at_the_first_trial_without_a_new_best(
+    fake_data_dir: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     assert main(_args(fake_data_dir, out, "--n-trials", "30", "--patience", "1")) == 0
     study = optuna.load_study(study_name="fmnist-mlp", storage=f"sqlite:///{out / 'study.db'}")
-    assert 2 <= len(study.trials) < 30
+    done = sorted(study.trials, key=lambda t: t.datetime_complete)
+    values = [t.value if t.value is not None else -1.0 for t in done]
+    new_best = [v > max(values[:i], default=-1.0) for i, v in enumerate(values)]
+    assert new_best == [True] * (len(values) - 1) + [False]  # went on while each one was better
+    assert len(values) < 30
+
+
+@pytest.mark.integration
+def test_best_json_config_is_the_best_trials_params_resolved(
+    fake_data_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    assert main(_args(fake_data_dir, out, "--n-trials", "2", "--no-test")) == 0
+    best = json.loads((out / "best.json").read_text())
+    params, config = best["params"], best["config"]
+    widths = [params[f"n_units_l{i}"] for i in range(params["n_layers"])]
+    assert config["hidden_sizes"] == "-".join(map(str, widths))
+    assert config["n_layers"] == params["n_layers"]
+    assert config["lr"] == params[f"lr_{params['optimizer']}"]
+    for key in ("dropout", "batch_norm", "optimizer", "weight_decay", "batch_size"):
+        assert config[key] == params[key], key
+    assert (config["label_smoothing"], config["scheduler"], config["flip"]) == (
+        0.1,
+        "onecycle",
+        True,
+    )
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("progress", ["epoch", "trial"])
+def test_progress_epoch_shows_lightnings_bars_and_trial_does_not(
+    progress: str, fake_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = _args(fake_data_dir, tmp_path / "out", "--n-trials", "1", "--no-test")
+    assert main([*args, "--progress", progress]) == 0
+    shown = capsys.readouterr()
+    assert ("Epoch 1/" in shown.out + shown.err) == (progress == "epoch")
+
+
+@pytest.mark.integration
+def test_pruner_hyperband_runs_a_study(fake_data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = _args(fake_data_dir, out, "--n-trials", "3", "--max-epochs", "4", "--no-test")
+    assert main([*args, "--pruner", "hyperband"]) == 0
+    study = optuna.load_study(study_name="fmnist-mlp", storage=f"sqlite:///{out / 'study.db'}")
+    assert study.user_attrs["run_settings"]["pruner"] == "hyperband"
+    assert len(study.trials) == 3 and all(t.state.is_finished() for t in study.trials)
+
+
+@pytest.mark.integration
+def test_sampler_nsga2_searches_a_front(fake_data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = _args(fake_data_dir, out, "--n-trials", "3", "--objectives", "accuracy,params")
+    assert main([*args, "--sampler", "nsga2", "--no-test"]) == 0
+    study = optuna.load_study(study_name="fmnist-mlp", storage=f"sqlite:///{out / 'study.db'}")
+    assert all("nsga2:generation" in t.system_attrs for t in study.trials)  # NSGA-II drew them
+    best = json.loads((out / "best.json").read_text())
+    assert best["pareto"] and {r["trial"] for r in best["pareto"]} <= {0, 1, 2}
 
 
 @pytest.mark.parametrize(
@@ -83,6 +144,33 @@ def test_patience_stops_the_study(fake_data_dir: Path, tmp_path: Path) -> None:
         ["--workers", "many"],
         ["--heartbeat-interval", "10", "--grace-period", "5"],
         ["--val-size", str(N_TRAIN)],  # leaves no training image
+        ["--study-name", ""],
+        ["--study-name=  "],
+        ["--study-name", " padded"],
+        ["--study-name", "a/b"],
+        ["--study-name", ".."],
+        ["--study-name", "x" * 513],
+        ["--study-name", "tab\there"],
+        ["--storage", ""],
+        ["--storage", " "],
+        ["--artifact-store", ""],
+        ["--output-dir", ""],
+        ["--data-dir", " "],
+        ["--timeout", "inf"],
+        ["--timeout", "nan"],
+        ["--timeout", "1e12"],
+        ["--max-epochs", "100000"],
+        ["--final-epochs", "0"],
+        ["--final-epochs", "100000"],
+        ["--early-stopping", "0"],
+        ["--n-trials", "10000000000"],
+        ["--workers", "100000"],
+        ["--heartbeat-interval", "86400"],
+        ["--storage-timeout", "0"],
+        ["--patience", "0"],
+        ["--max-params", "-5"],
+        ["--max-latency-ms", "inf"],
+        ["--seed", "2147483648"],
     ],
 )
 def test_bad_flags_exit_2_with_one_line(
@@ -140,10 +228,24 @@ def test_unreachable_storage_exits_2_without_password(
     assert len(err.strip().splitlines()) == 1
 
 
+def test_a_data_dir_that_is_a_file_exits_2_with_one_line(
+    fake_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "data.gz"
+    a_file.write_bytes(b"")
+    assert main(_args(a_file, tmp_path / "out")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a file" in err[0] and not (tmp_path / "out").exists()
+
+
 @pytest.mark.integration
-def test_script_reports_bad_input_without_traceback(tmp_path: Path) -> None:
+def test_script_reports_bad_input_without_traceback(fake_data_dir: Path, tmp_path: Path) -> None:
+    partial = tmp_path / "partial"  # the dataset's folder, its training labels missing
+    partial.mkdir()
+    for f in fake_data_dir.glob("*-images-*"):
+        (partial / f.name).write_bytes(f.read_bytes())
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "tune.py"), "--data-dir", str(tmp_path)],
+        [sys.executable, str(ROOT / "scripts" / "tune.py"), "--data-dir", str(partial)],
         capture_output=True,
         text=True,
         cwd=tmp_path,

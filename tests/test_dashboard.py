@@ -1,4 +1,4 @@
-"""The live view: optuna-dashboard (the ``dashboard`` extra) serves a study made here."""
+"""The live view: optuna-dashboard (the ``dashboard`` extra) serves a study ``fmnist-tune`` made."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import optuna
 import pytest
 
 pytest.importorskip(
     "optuna_dashboard", reason='optuna-dashboard not installed: pip install -e ".[dashboard]"'
 )
 
-from fmnist_tuning.search_space import suggest_config
+import fmnist_tuning
+from tests.conftest import VAL_SIZE
 
 pytestmark = pytest.mark.integration
 
@@ -47,23 +47,14 @@ def _dashboard_command() -> list[str]:
     return [found]
 
 
-def _make_study(storage: str) -> optuna.Study:
-    def objective(trial: optuna.Trial) -> float:
-        config = suggest_config(trial)
-        for epoch in range(2):
-            trial.report(0.7 + 0.05 * epoch, epoch)
-        return 0.8 + config.dropout / 10
-
-    study = optuna.create_study(
-        storage=storage, study_name="dash-test", direction="maximize", load_if_exists=False
-    )
-    study.optimize(objective, n_trials=3)
-    return study
-
-
-def test_dashboard_lists_the_study_and_its_trials(tmp_path: Path) -> None:
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    study = _make_study(storage)
+def test_dashboard_lists_the_study_and_its_trials(fake_data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = fmnist_tuning.tune(
+        data_dir=fake_data_dir, output_dir=out, study_name="dash-test", n_trials=2,
+        max_epochs=2, val_size=VAL_SIZE, accelerator="cpu", test=False,
+    )  # fmt: skip
+    study = result.study
+    storage = f"sqlite:///{out / 'study.db'}"
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
@@ -85,10 +76,15 @@ def test_dashboard_lists_the_study_and_its_trials(tmp_path: Path) -> None:
                 time.sleep(0.3)
         assert [s["study_name"] for s in summaries] == ["dash-test"]
         detail = _get(f"{base}/api/studies/{summaries[0]['study_id']}")
-        assert [t["number"] for t in detail["trials"]] == [0, 1, 2]
-        assert [t["state"] for t in detail["trials"]] == ["Complete"] * 3
+        shown = detail["trials"]
+        assert [t["number"] for t in shown] == [t.number for t in study.trials]
+        assert [t["state"] for t in shown] == [t.state.name.capitalize() for t in study.trials]
         assert detail["best_trials"][0]["number"] == study.best_trial.number
         assert detail["has_intermediate_values"] is True
+        for ours, theirs in zip(study.trials, shown, strict=True):  # what the project records
+            assert {p["name"] for p in theirs["params"]} == set(ours.params)
+            assert {a["key"] for a in theirs["user_attrs"]} >= {"epochs", "worker", "val_curve"}
+            assert len(theirs["intermediate_values"]) == len(ours.intermediate_values)
     finally:
         server.terminate()
         try:

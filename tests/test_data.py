@@ -86,20 +86,24 @@ def test_normalisation_statistics_are_the_training_rows_alone(
     assert data.pixel_stats(images.view(N_TRAIN, -1), torch.arange(N_TRAIN))[0] > other.mean
 
 
-def test_test_set_is_untouched_and_in_order(fake_data_dir: Path) -> None:
-    dm = _setup(fake_data_dir, stage="test")
-    assert dm.splits is None  # the test stage builds no training batches
-    stats = data._SPLITS[next(iter(data._SPLITS))]
-    images, labels = synthetic_split(N_TEST, 2)
-    test_x, test_y = _all(dm.test_dataloader())
-    assert torch.equal(test_y, labels.long())
-    expected = data.normalise(images.reshape(N_TEST, -1), stats.mean, stats.std)
-    assert torch.allclose(test_x, expected)
+@pytest.mark.parametrize("stage", ["fit", "validate", "test", None])
+def test_no_stage_reads_the_test_set(fake_data_dir: Path, stage: str | None) -> None:
+    _setup(fake_data_dir, stage=stage)
+    assert not raw._DECODED_TEST  # only the final model's test pass decodes it
 
 
-def test_fit_stage_does_not_load_the_test_set(fake_data_dir: Path) -> None:
-    dm = _setup(fake_data_dir, stage="fit")
-    assert dm.test_x is None
+def test_the_checkpointed_state_is_the_training_split_normalisation(fake_data_dir: Path) -> None:
+    dm = FashionMNISTDataModule(fake_data_dir, val_size=VAL_SIZE)
+    assert dm.state_dict() == {}  # nothing to save before the data are set up
+    dm.setup("fit")
+    splits = dm.splits
+    assert splits is not None
+    dm.teardown("fit")  # a retrain saves its checkpoint after fit has torn down
+    assert dm.state_dict() == {
+        "mean": splits.mean,
+        "std": splits.std,
+        "class_names": list(raw.CLASS_NAMES),
+    }
 
 
 def test_decoded_once_per_process(fake_data_dir: Path) -> None:

@@ -211,9 +211,18 @@ def test_stored_study_with_another_search_space_exits_2_with_one_line(
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("changed", [("--seed", "1"), ("--val-size", "50"), ("--max-epochs", "2")])
-def test_resuming_on_another_validation_split_or_schedule_exits_2_with_one_line(
+@pytest.mark.parametrize(
+    ("changed", "stored"),
+    [
+        (("--seed", "1"), "--seed 0"),
+        (("--val-size", "50"), f"--val-size {VAL_SIZE}"),
+        (("--max-epochs", "2"), "--max-epochs 1"),
+        (("--early-stopping", "2"), "--early-stopping 4"),
+    ],
+)
+def test_resuming_with_another_split_schedule_or_patience_exits_2_with_one_line(
     changed: tuple[str, str],
+    stored: str,
     fake_data_dir: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -224,8 +233,8 @@ def test_resuming_on_another_validation_split_or_schedule_exits_2_with_one_line(
     capsys.readouterr()
     assert main([*first, *changed, "--n-trials", "2"]) == 2
     line = _one_line_error(capsys)
-    assert f"--seed 0 --val-size {VAL_SIZE} --max-epochs 1" in line
-    assert "resume it with those flags" in line
+    assert f"was tuned with {stored}, which its trials' values depend on" in line
+    assert "resume it with that" in line
     study = optuna.load_study(study_name="fmnist-mlp", storage=f"sqlite:///{out / 'study.db'}")
     assert len(study.trials) == 1  # nothing ran on the other split
     assert main([*first, "--n-trials", "2"]) == 0  # the same flags resume it

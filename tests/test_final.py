@@ -13,14 +13,18 @@ import optuna
 import pytest
 from lightning.pytorch.callbacks import Callback
 
+import fmnist_tuning
 from fmnist_tuning import final, results
+from fmnist_tuning.classifier import load_model
 from fmnist_tuning.cli import main
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.keys import FINAL_MODEL, FINAL_MODELS, REPORT_HTML
+from fmnist_tuning.keys import FINAL_CURRENT, FINAL_MODEL, FINAL_MODELS, REPORT_HTML, TEST_PASS
 from fmnist_tuning.loop import optimize
-from fmnist_tuning.search_space import TrialConfig
+from fmnist_tuning.raw import load_test
+from fmnist_tuning.report import TEST_PASSES_ROW
+from fmnist_tuning.search_space import DEFAULT_PARAMS, TrialConfig
 from fmnist_tuning.study import load_or_create
-from tests.conftest import N_TEST, N_TRAIN, load_script
+from tests.conftest import N_TEST, N_TRAIN, VAL_SIZE, load_script
 from tests.processes import tune_args
 
 
@@ -103,9 +107,18 @@ def test_the_retrain_follows_the_trials_schedule_and_stops_at_its_best_epoch(
     assert seen["rows"] == [N_TRAIN] * best  # every training image, the validation ones too
 
 
+def _final_attrs(storage: str) -> dict[str, Any]:
+    """What the study records of its final models and test passes."""
+    attrs = optuna.load_study(study_name="fmnist-mlp", storage=storage).user_attrs
+    return {k: v for k, v in attrs.items() if k.startswith((FINAL_MODEL, FINAL_CURRENT, TEST_PASS))}
+
+
 @pytest.mark.integration
-def test_one_test_pass_per_final_model_across_tune_resume_report_and_no_retrain(
-    fake_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_one_final_model_and_one_test_pass_per_best_trial_whatever_the_final_settings(
+    fake_data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     passes: list[Path] = []
     score = final.score_on_test
@@ -116,40 +129,87 @@ def test_one_test_pass_per_final_model_across_tune_resume_report_and_no_retrain(
 
     monkeypatch.setattr(final, "score_on_test", counting)
     out = tmp_path / "out"
+    storage = f"sqlite:///{out / 'study.db'}"
     args = tune_args(fake_data_dir, out, "--n-trials", "2", "--max-epochs", "2")
     assert main(args) == 0  # tune: the retrained final model is scored
-    assert main(args) == 0  # resume with nothing left to run: the stored score is read
+    best_json = (out / "best.json").read_bytes()
+    model = Path(json.loads(best_json)["checkpoint"])
+    made = (model.read_bytes(), model.stat().st_mtime_ns)
+    stored = _final_attrs(storage)
+    capsys.readouterr()
+    # Resumed with nothing left to run, with other final-model settings, or none: the model made
+    # first is reused, and nothing of it changes.
+    for other in ([], ["--final-epochs", "3"], ["--no-retrain"], ["--final-epochs", "3"]):
+        assert main([*args, *other]) == 0
+        assert (out / "best.json").read_bytes() == best_json
+        assert (model.read_bytes(), model.stat().st_mtime_ns) == made
+        assert _final_attrs(storage) == stored
+        reused = capsys.readouterr().err.count("final model was made and scored already")
+        assert reused == (1 if other else 0)
     report_script = load_script("report")
-    storage = f"sqlite:///{out / 'study.db'}"
     assert report_script.main(["--storage", storage, "--output-dir", str(out)]) == 0
     assert len(passes) == 1
-    assert main([*args, "--no-retrain"]) == 0  # another final model: the trial's checkpoint
-    assert main([*args, "--no-retrain"]) == 0
-    assert len(passes) == 2 and passes[0] != passes[1]
-    assert main(args) == 0  # back to the retrained model: read again, and shown again
-    assert len(passes) == 2
     assert main([*args, "--no-test"]) == 0  # nothing of the test set, not even the stored score
-    assert len(passes) == 2
+    assert len(passes) == 1
     unscored = json.loads((out / "best.json").read_text())
     assert unscored["test_acc"] is None and unscored["test_set"] == "not scored (--no-test)"
     assert "test accuracy 0." not in (out / REPORT_HTML).read_text()
     assert main(args) == 0
 
     best = json.loads((out / "best.json").read_text())
+    assert best["test_passes"] == 1
     scored = final.final_path(out, best["trial"])  # the file scored, moved into place once stored
     assert best["retrained_on_full_train"] and best["checkpoint"] == str(scored.resolve())
     assert scored.is_file() and not passes[0].exists()
-    attrs = optuna.load_study(study_name="fmnist-mlp", storage=storage).user_attrs
-    stored = [v for k, v in attrs.items() if k.startswith(FINAL_MODEL)]
-    assert len(stored) == 2  # the retrained model and the trial's checkpoint, each scored once
-    assert [r["test_acc"] for r in stored if r["model"] == best["checkpoint"]] == [best["test_acc"]]
+    (result,) = [v for k, v in _final_attrs(storage).items() if k.startswith(FINAL_MODEL)]
+    assert result["test_acc"] == best["test_acc"] and result["model"] == best["checkpoint"]
     correct = round(best["test_acc"] * N_TEST)
     assert correct / N_TEST == best["test_acc"]  # k of N images: 4 decimals are every digit
     page = (out / REPORT_HTML).read_text()
     assert f"{best['test_acc']:.4f} ({correct} of {N_TEST} test images; 95 % interval" in page
+    assert f'{TEST_PASSES_ROW}</th><td class="l">1</td>' in page
     low, high = best["test_acc_ci95"]
     assert low < best["test_acc"] <= high or best["test_acc"] == high == 1.0
     assert "retrained on all training images" in page
+
+
+WEAK = {"n_layers": 1, "n_units_l0": 128, "dropout": 0.5, "batch_norm": False, "optimizer": "sgd",
+        "lr_sgd": 1e-3, "weight_decay": 1e-6, "batch_size": 512}  # fmt: skip
+
+
+def _accuracy(checkpoint: Path, data_dir: Path) -> float:
+    images, labels = load_test(data_dir)
+    return int((load_model(checkpoint).predict(images) == labels).sum()) / len(labels)
+
+
+@pytest.mark.integration
+def test_a_new_best_trial_gets_its_own_final_model_whose_file_scores_as_stored(
+    fake_data_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    storage = f"sqlite:///{out / 'study.db'}"
+    settings: dict[str, Any] = {
+        "data_dir": fake_data_dir, "output_dir": out, "max_epochs": 2, "final_epochs": 2,
+        "val_size": VAL_SIZE, "accelerator": "cpu", "warm_start": False, "pruner": "none",
+    }  # fmt: skip
+    out.mkdir()
+    optuna.create_study(storage=storage, study_name="fmnist-mlp", direction="maximize")
+    optuna.load_study(study_name="fmnist-mlp", storage=storage).enqueue_trial(WEAK)
+    first = fmnist_tuning.tune(n_trials=1, **settings)
+    optuna.load_study(study_name="fmnist-mlp", storage=storage).enqueue_trial(DEFAULT_PARAMS)
+    second = fmnist_tuning.tune(n_trials=2, **settings)  # the resume adds a better trial
+
+    assert (first.trial, second.trial) == (0, 1)
+    best = json.loads((out / "best.json").read_text())
+    assert (best["trial"], best["test_passes"]) == (1, 2)
+    assert _accuracy(Path(best["checkpoint"]), fake_data_dir) == best["test_acc"]
+    assert second.checkpoint == Path(best["checkpoint"]) and second.test_acc == best["test_acc"]
+    # The first final model keeps its own file, which still scores as stored.
+    (old,) = results.models_of(second.study, 0)
+    assert old[1]["model_file"] != Path(best["checkpoint"]).name
+    assert (
+        _accuracy(out / "checkpoints" / old[1]["model_file"], fake_data_dir) == (old[1]["test_acc"])
+    )
 
 
 class _DroppingLock:

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -78,6 +79,28 @@ def test_a_study_run_leaves_every_plot_as_html_and_png(study_run: Path) -> None:
         page = (folder / f"{name}.html").read_text()
         assert 'src="plotly.min.js"' in page and "cdn" not in page.lower(), name
     assert (folder / plots.PLOTLY_JS).stat().st_size > 1_000_000  # the bundle, for offline use
+
+
+def _points(trace: Any) -> int:
+    """How many values a plotly trace draws (whatever its kind keeps them in)."""
+    found = [getattr(trace, name, None) for name in ("x", "y", "z", "values", "dimensions")]
+    return max(len(values) for values in found if values is not None)
+
+
+@pytest.mark.integration
+def test_every_plot_draws_the_studys_trials(study_run: Path) -> None:
+    study = _study(study_run)
+    drawn = {p.name: p for p in plots.make_plots(study)}
+    assert sorted(drawn) == sorted(PLOT_NAMES) and not any(p.skipped for p in drawn.values())
+    for name, plot in drawn.items():
+        assert any(_points(trace) for trace in plot.figure.data), f"{name} is empty"
+    history = drawn["optimization_history"].figure.data[0]  # one point per trial
+    assert sorted(history.x) == [t.number for t in study.trials]
+    assert sorted(history.y) == sorted(t.value for t in study.trials)
+    curves = drawn["intermediate_values"].figure.data  # every trial's learning curve
+    assert sorted(len(c.x) for c in curves) == sorted(
+        len(t.intermediate_values) for t in study.trials
+    )
 
 
 @pytest.mark.integration

@@ -15,13 +15,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from optuna.trial import TrialState
 
-from fmnist_tuning import objective, progress, runtime, trainer
+from fmnist_tuning import loop, objective, progress, runtime, trainer
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.keys import VAL_ACC
+from fmnist_tuning.keys import VAL_ACC, VAL_CURVE
 from fmnist_tuning.loop import optimize
 from fmnist_tuning.model import OPTIMIZERS
-from fmnist_tuning.search_space import TrialConfig
-from fmnist_tuning.study import load_or_create
+from fmnist_tuning.schedule import best_epoch
+from fmnist_tuning.search_space import DEFAULT_PARAMS, TrialConfig
+from fmnist_tuning.study import load_or_create, make_pruner
 from fmnist_tuning.trainer import build_datamodule, build_module, build_trainer
 
 
@@ -227,3 +228,62 @@ def test_the_trial_loop_spares_long_lived_objects_yet_frees_each_trial(
     assert len(frozen) == 2 and min(frozen) > 10_000  # torch, Lightning, Optuna: not walked
     assert not any(ref() for ref in trainers)  # each trial's Trainer was still collected
     assert gc.get_freeze_count() == 0  # and the loop undid its freeze
+
+
+def test_hyperband_scores_its_first_rung_after_the_second_epoch() -> None:
+    study = optuna.create_study(direction="maximize", pruner=make_pruner("hyperband", 9))
+    pruned_at = []
+    for i in range(60):
+        trial = study.ask()
+        for step in range(9):  # epoch indices, as the pruning callback reports them
+            trial.report(1 - i / 100, step)  # each trial worse than every one before it
+            if trial.should_prune():
+                pruned_at.append(step)
+                study.tell(trial, state=TrialState.PRUNED)
+                break
+        else:
+            study.tell(trial, 1 - i / 100)
+    assert min(pruned_at) == 1  # after epoch 2 (step 1): never after the first epoch alone
+
+
+class _Clock:
+    """Stands in for the trial loop's ``time`` module: 10 s pass in every trial."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_the_timeout_starts_no_trial_after_the_deadline(
+    run_config: RunConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(loop, "time", clock)
+    run = dataclasses.replace(run_config, n_trials=50, max_epochs=1, timeout=25)
+
+    class TenSeconds(objective.Objective):
+        def __call__(self, trial: optuna.Trial) -> Any:
+            clock.now += 10
+            return super().__call__(trial)
+
+    study = load_or_create(run)
+    optimize(study, run, objective=TenSeconds(run))
+    assert len(study.trials) == 3  # started at 0, 10 and 20 s; at 30 s the deadline had passed
+
+
+def test_early_stopping_ends_a_trial_its_patience_after_its_best_epoch(
+    run_config: RunConfig,
+) -> None:
+    run = dataclasses.replace(run_config, n_trials=1, max_epochs=8, early_stopping=1, pruner="none")
+    study = load_or_create(run)
+    study.enqueue_trial(DEFAULT_PARAMS)
+    optimize(study, run)
+    (trial,) = study.trials
+    curve = trial.user_attrs[VAL_CURVE]
+    assert trial.state == TrialState.COMPLETE and len(curve) < run.max_epochs
+    assert len(curve) == best_epoch(curve) + run.early_stopping  # no gain in the last epoch
