@@ -48,6 +48,12 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+def _text(text: str) -> str:
+    if not text.strip() or text != text.strip():
+        raise argparse.ArgumentTypeError(f"expected a non-empty text without padding, got {text!r}")
+    return text
+
+
 def _folder(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError(f"expected a folder, got {text!r}")
@@ -202,8 +208,10 @@ def build_report_parser() -> argparse.ArgumentParser:
         description="Write the plots and report.html of a stored study (running, interrupted or "
         "finished); nothing is trained or scored.",
     )
-    p.add_argument("--storage", required=True, help="Optuna storage URL of the study")
-    p.add_argument("--study-name", default=RunConfig.study_name, help="default %(default)s")
+    p.add_argument("--storage", type=_text, required=True, help="Optuna storage URL of the study")
+    p.add_argument(
+        "--study-name", type=_text, default=RunConfig.study_name, help="default %(default)s"
+    )
     p.add_argument("--output-dir", type=_folder, help="default runs/<study-name>")
     p.add_argument("--data-dir", type=_folder, help="default: the folder the study recorded")
     return p

@@ -42,7 +42,9 @@ def test_quick_benchmark_prints_its_table_and_writes_the_json_contract(
         assert inner <= set(result[key]), key
     for key in ("speedup_vs_dataloader", "overhead_vs_raw", "trial_overhead_s"):
         assert 0 < result[key]["min"] <= result[key]["median"] <= result[key]["max"]
-    assert result["pruning"]["epochs_none"] >= result["pruning"]["epochs_median"] > 0
+    prune = result["pruning"]
+    assert prune["pruned_none"] == 0 < prune["pruned_median"]  # the same study, pruned or not
+    assert prune["epochs_none"] > prune["epochs_median"] > 0
     assert result["memory"]["command"]["peak"] > 100  # a whole fmnist-tune process, in MB
 
 

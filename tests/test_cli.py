@@ -258,7 +258,15 @@ def test_script_reports_bad_input_without_traceback(fake_data_dir: Path, tmp_pat
 
 @pytest.mark.parametrize(
     "argv",
-    [["report"], ["report", "--storage"], ["report", "--bogus", "1"], ["report", "--storage", "x"]],
+    [
+        ["report"],
+        ["report", "--storage"],
+        ["report", "--bogus", "1"],
+        ["report", "--storage", "x"],
+        ["report", "--storage", ""],
+        ["report", "--storage", "x", "--study-name", " "],
+        ["report", "--storage", "x", "--output-dir", ""],
+    ],
 )
 def test_fmnist_tune_report_refuses_bad_input_in_one_line(
     argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]

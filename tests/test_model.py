@@ -43,6 +43,9 @@ def test_optimizer_pair_is_built_as_configured(name: str, cls: type) -> None:
     assert group["lr"] == 0.0123 and group["weight_decay"] == 1e-4
     if name == "sgd":
         assert group["nesterov"] and group["momentum"] == 0.9
+    # The speed measure "fused optimizers" reaches the optimizer a trial trains with (RMSprop has
+    # no fused kernel).
+    assert bool(group.get("fused")) == (name != "rmsprop")
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "rmsprop"])
