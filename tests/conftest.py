@@ -100,6 +100,19 @@ def write_fake_fmnist(folder: Path, n_train: int = N_TRAIN, n_test: int = N_TEST
     return folder
 
 
+class FakeClock:
+    """Stands in for a module's ``time`` (``monotonic`` and ``sleep``): time moves when told."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture(scope="session")
 def fake_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_fake_fmnist(tmp_path_factory.mktemp("fmnist"))

@@ -12,21 +12,9 @@ from optuna.trial import TrialState
 from fmnist_tuning import reconnect
 from fmnist_tuning.keys import FAIL_REASON, WORKER
 from fmnist_tuning.reconnect import Outage, ReconnectingStorage
+from tests.conftest import FakeClock
 
 GRACE = 3
-
-
-class Clock:
-    """Stands in for the ``time`` module of :mod:`fmnist_tuning.reconnect`."""
-
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def _running(storage: ReconnectingStorage, study_id: int, **user_attrs: str) -> int:
@@ -40,7 +28,7 @@ def _running(storage: ReconnectingStorage, study_id: int, **user_attrs: str) -> 
 def test_a_trial_nobody_took_up_fails_a_grace_period_after_this_host_first_saw_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = Clock()
+    clock = FakeClock(1_000.0)
     monkeypatch.setattr(reconnect, "time", clock)
     inner = optuna.storages.RDBStorage(
         f"sqlite:///{tmp_path / 'study.db'}", heartbeat_interval=1, grace_period=GRACE

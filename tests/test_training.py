@@ -24,6 +24,7 @@ from fmnist_tuning.schedule import best_epoch
 from fmnist_tuning.search_space import DEFAULT_PARAMS, TrialConfig
 from fmnist_tuning.study import load_or_create, make_pruner
 from fmnist_tuning.trainer import build_datamodule, build_module, build_trainer
+from tests.conftest import FakeClock
 
 
 @pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
@@ -246,23 +247,10 @@ def test_hyperband_scores_its_first_rung_after_the_second_epoch() -> None:
     assert min(pruned_at) == 1  # after epoch 2 (step 1): never after the first epoch alone
 
 
-class _Clock:
-    """Stands in for the trial loop's ``time`` module: 10 s pass in every trial."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def test_the_timeout_starts_no_trial_after_the_deadline(
     run_config: RunConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = _Clock()
+    clock = FakeClock()  # the trial loop's clock: 10 s pass in every trial
     monkeypatch.setattr(loop, "time", clock)
     run = dataclasses.replace(run_config, n_trials=50, max_epochs=1, timeout=25)
 
