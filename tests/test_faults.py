@@ -210,7 +210,6 @@ def test_stored_study_with_another_search_space_exits_2_with_one_line(
     assert "another search space" in _one_line_error(capsys)
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize(
     ("changed", "stored"),
     [
@@ -227,16 +226,32 @@ def test_resuming_with_another_split_schedule_or_patience_exits_2_with_one_line(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    out = tmp_path / "out"
-    first = tune_args(fake_data_dir, out, "--n-trials", "1", "--no-warm-start", "--no-retrain")
-    assert main(first) == 0
-    capsys.readouterr()
-    assert main([*first, *changed, "--n-trials", "2"]) == 2
+    url = f"sqlite:///{tmp_path / 'study.db'}"  # a study tune_args made, with one trial
+    study = optuna.create_study(storage=url, study_name="fmnist-mlp", direction="maximize")
+    run = RunConfig(data_dir=fake_data_dir, max_epochs=1, val_size=VAL_SIZE, final_epochs=1)
+    study.set_user_attr(RUN_SETTINGS, run_settings(run))
+    study.add_trial(optuna.trial.create_trial(value=0.5))
+    assert main([*tune_args(fake_data_dir, tmp_path / "out", "--storage", url), *changed]) == 2
     line = _one_line_error(capsys)
     assert f"was tuned with {stored}, which its trials' values depend on" in line
     assert "resume it with that" in line
+    assert len(study.trials) == 1  # nothing ran under the other flag
+
+
+@pytest.mark.integration
+def test_a_study_refuses_another_early_stopping_and_resumes_with_its_own(
+    fake_data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    first = tune_args(fake_data_dir, out, "--n-trials", "1", "--no-warm-start", "--no-retrain")
+    assert main(first) == 0
+    best_json = (out / "best.json").read_bytes()
+    capsys.readouterr()
+    assert main([*first, "--early-stopping", "2", "--n-trials", "2"]) == 2
+    assert "--early-stopping 4" in _one_line_error(capsys)
+    assert (out / "best.json").read_bytes() == best_json
     study = optuna.load_study(study_name="fmnist-mlp", storage=f"sqlite:///{out / 'study.db'}")
-    assert len(study.trials) == 1  # nothing ran on the other split
+    assert len(study.trials) == 1  # nothing ran
     assert main([*first, "--n-trials", "2"]) == 0  # the same flags resume it
 
 
