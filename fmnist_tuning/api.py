@@ -5,6 +5,7 @@
     >>> result = tune(n_trials=10, max_epochs=5)   # same settings and defaults as fmnist-tune
     >>> result.best_params, result.val_acc, result.test_acc
     >>> result.predict(images)                      # class indices of uint8 N x 28 x 28 images
+    >>> from fmnist_tuning import load_model
     >>> load_model(result.checkpoint).predict(images)   # the same, from the file alone
 
 Nothing here calls ``sys.exit``: bad settings, data or storage raise :mod:`fmnist_tuning.errors`,
@@ -90,14 +91,26 @@ class TuneResult:
 
     @functools.cached_property
     def _classifier(self) -> Classifier:
-        from fmnist_tuning.classifier import load_model
+        from fmnist_tuning.classifier import NoNormalisation, load_model
 
         if self.checkpoint is None or not self.checkpoint.is_file():
             raise NoResultError(
-                f"no model file at {self.checkpoint}, nor in the artifact store; pass the "
-                "artifact_store the study's machines share"
+                f"no model file at {self.checkpoint}; on another machine than the study's, pass "
+                "the artifact_store its machines share"
             )
-        return load_model(self.checkpoint)
+        try:
+            return load_model(self.checkpoint)
+        except NoNormalisation:  # saved by an earlier version: the normalisation from the data
+            return load_model(self.checkpoint, normalisation=self._pixel_stats)
+
+    @functools.cached_property
+    def _pixel_stats(self) -> tuple[float, float]:
+        """The training split's mean and std (for a model saved without them)."""
+        from fmnist_tuning.data import make_splits
+        from fmnist_tuning.raw import load_raw
+
+        splits = make_splits(load_raw(self.config.data_dir), self.config.val_size, self.config.seed)
+        return splits.mean, splits.std
 
     def predict(self, images: Any) -> torch.Tensor:
         """Class indices (0-9, see ``fmnist_tuning.raw.CLASS_NAMES``) for a batch of images.

@@ -22,11 +22,15 @@ import torch
 from fmnist_tuning.data import FashionMNISTDataModule, normalise
 from fmnist_tuning.errors import ModelError, first_line
 from fmnist_tuning.model import MLP
-from fmnist_tuning.raw import N_FEATURES
+from fmnist_tuning.raw import CLASS_NAMES, N_FEATURES
 
 BATCH = 1_000  # images per forward pass: the test pass's batches, whatever the caller passes
 DATA_STATE = FashionMNISTDataModule.__qualname__  # where Lightning files the DataModule's state
 NETWORK_PREFIX = "model."  # the MLP's weights inside the LightningModule's state dict
+
+
+class NoNormalisation(ModelError):
+    """The checkpoint lacks its input normalisation: an earlier version of this package saved it."""
 
 
 class Classifier(torch.nn.Module):
@@ -88,12 +92,17 @@ def as_pixels(images: Any) -> torch.Tensor:
     return x
 
 
-def load_model(path: str | Path) -> Classifier:
+def load_model(path: str | Path, normalisation: tuple[float, float] | None = None) -> Classifier:
     """The classifier saved in a checkpoint of this package (a final model, or a trial's).
+
+    Args:
+        path: The checkpoint file.
+        normalisation: The inputs' (mean, std), only for a checkpoint saved by an earlier version
+            of this package, which lacks it (the training split's pixel statistics).
 
     Raises:
         ModelError: No such file, not a checkpoint, or one without what it needs (a file saved by
-            an earlier version of this package lacks the normalisation).
+            an earlier version lacks the normalisation, unless it is given).
     """
     path = Path(path)
     if not path.is_file():
@@ -104,23 +113,36 @@ def load_model(path: str | Path) -> Classifier:
         raise ModelError(
             f"{path} is not a model checkpoint ({type(err).__name__}); pass a .ckpt a study saved"
         ) from None
-    if not isinstance(checkpoint, dict):
-        raise ModelError(f"{path} is not a model checkpoint; pass a .ckpt file a study saved")
-    hparams, state = checkpoint.get("hyper_parameters"), checkpoint.get(DATA_STATE)
-    if not hparams or not state or "hidden_sizes" not in hparams or "mean" not in state:
-        raise ModelError(
-            f"{path} does not hold the architecture and the input normalisation (a checkpoint of "
-            "another model, or of an earlier version of fmnist-tuning); use a model a study of "
-            "this version saved, or load it with TuneResult.load_model"
-        )
-    network = MLP(hparams["hidden_sizes"], hparams["dropout"], hparams["batch_norm"])
-    weights = {
-        name.removeprefix(NETWORK_PREFIX): tensor
-        for name, tensor in checkpoint["state_dict"].items()
-        if name.startswith(NETWORK_PREFIX)
-    }
     try:
-        network.load_state_dict(weights)
+        hparams = checkpoint["hyper_parameters"]
+        network = MLP(hparams["hidden_sizes"], hparams["dropout"], hparams["batch_norm"])
+        weights = checkpoint["state_dict"]
+    except (KeyError, TypeError, ValueError):
+        raise ModelError(
+            f"{path} does not hold this package's network (a checkpoint of another model?); "
+            "use a model a study of fmnist-tuning saved"
+        ) from None
+    state = checkpoint.get(DATA_STATE) or {}
+    if normalisation is not None:
+        state = {
+            "class_names": CLASS_NAMES,
+            **state,
+            "mean": normalisation[0],
+            "std": normalisation[1],
+        }
+    if not {"mean", "std", "class_names"} <= state.keys():
+        raise NoNormalisation(
+            f"{path} does not hold its input normalisation (saved by an earlier version of "
+            "fmnist-tuning); load it with load_result(...).predict, which knows its study"
+        )
+    try:
+        network.load_state_dict(
+            {
+                k.removeprefix(NETWORK_PREFIX): v
+                for k, v in weights.items()
+                if k.startswith(NETWORK_PREFIX)
+            }
+        )
     except RuntimeError as err:
         raise ModelError(
             f"{path}: its weights do not fit its architecture ({first_line(err, 200)})"

@@ -41,13 +41,15 @@ class Cleanup:
 
         Args:
             study: The study.
-            keep: The trial whose checkpoint alone stays (once no worker runs). By default, one
-                snapshot of the trials decides, so that a best trial another worker just finished
-                is never taken for a beaten one, and trials tied for the best value all keep
-                theirs; in a front, every trial on it stays.
+            keep: A trial whose checkpoint stays too (the one the final model is made of). One
+                snapshot of the trials decides the rest, so that a best trial another worker just
+                finished is never taken for a beaten one: trials tied for the best value keep
+                theirs, and in a front every trial on it does.
         """
         trials = study.get_trials(deepcopy=False)
-        kept = {keep} if keep is not None else _best(study, trials)
+        # Never a trial as good as the best of this snapshot: another machine may have finished
+        # a better one while the caller's ``keep`` was being decided.
+        kept = _best(study, trials) | ({keep} if keep is not None else set())
         recorded: set[str] | None = None  # the study's record, read when first needed
         for trial in trials:
             number = trial.number

@@ -169,9 +169,14 @@ def local_model(final: dict[str, Any], run: RunConfig, store: Any | None = None)
     """Where this machine has a final model's weights: in its output dir, else where recorded.
 
     Given the artifact store, a model missing from the output dir is copied from there first (it
-    was made on another machine, or in another output dir).
+    was made on another machine, or in another output dir). A result stored by an earlier version
+    names no file of its own (two final models of one trial shared one name, the later one
+    overwriting the earlier): its own stored copy is fetched under a name of its own.
     """
-    name = final.get("model_file") or Path(final["model"]).name  # earlier versions: the path's
+    name = final.get("model_file")
+    if name is None:
+        stem, artifact = Path(final["model"]).stem, final.get("model_artifact")
+        name = f"{stem}_{artifact[:8]}.ckpt" if artifact and store is not None else f"{stem}.ckpt"
     here = run.output_dir / CHECKPOINT_DIR / name
     if not here.is_file() and store is not None and final.get("model_artifact"):
         with contextlib.suppress(ArtifactNotFound):
@@ -270,24 +275,26 @@ def _make_and_score(
             retrain_full(config, run, epochs, model, run.seed + best.number, schedule_epochs)
         if (other := _made_meanwhile(study, best.number, key, lock)) is not None:
             return other  # another process made and scored it meanwhile: never score twice
+        uploaded = artifacts.upload(store, model, study) if place is not None else None
         log.info("scoring trial %d's final model on the official test set (once)", best.number)
-        record_test_pass(study, key, worker_id())
+        record_test_pass(study, key, worker_id())  # counted before the test set is read
+        scores = score_on_test(model, run)
+        if (other := _made_meanwhile(study, best.number, key, lock)) is not None:
+            if uploaded is not None:  # the lock was lost during the test pass: the first
+                artifacts.remove(store, uploaded)  # result stored counts, with its own file
+            return other
         result = {
             "trial": best.number,
             "retrained": run.retrain,
             "model": str((place or model).resolve()),
             "model_file": (place or model).name,  # in <output-dir>/checkpoints on any machine
-            "model_artifact": artifacts.upload(store, model, study)  # for other machines
-            if place is not None
-            else best.user_attrs.get(CHECKPOINT_ARTIFACT),
+            "model_artifact": uploaded or best.user_attrs.get(CHECKPOINT_ARTIFACT),
             "epochs": epochs,  # the checkpoint's epoch, or the epochs the retrain trains
             "schedule_epochs": schedule_epochs,  # of a one-cycle schedule this long
             "schedule_choice": choice,  # the schedules scored on validation, and the one chosen
-            **score_on_test(model, run),
+            **scores,
             "scored_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         }
-        if (other := _made_meanwhile(study, best.number, key, lock)) is not None:
-            return other  # the lock was lost during the test pass: the first result counts
         store_model(study, key, result)
         if place is not None:
             model.replace(place)

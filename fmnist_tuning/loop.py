@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 
@@ -100,8 +101,8 @@ def _fail_dead_local_trials(study: optuna.Study) -> None:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = str(trial.user_attrs.get(WORKER, ""))
         name, _, pid = owner.rpartition(":")
-        if name != host or not pid.isdigit():
-            continue
+        if name != host or not pid.isdigit() or sys.platform == "win32":
+            continue  # (Windows: os.kill with signal 0 would end the process, not probe it)
         try:
             os.kill(int(pid), 0)
             continue  # alive (or, rarely, its number was reused: then it waits)

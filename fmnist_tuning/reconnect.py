@@ -163,8 +163,9 @@ class ReconnectingStorage(BaseStorage, BaseHeartbeat):
         self.inner = inner
         self._call = outage.call
         self._outage = outage
-        # Trial number → time.monotonic() when this process first saw it RUNNING with no worker.
-        self._unclaimed: dict[int, float] = {}
+        # (study id, trial number) → time.monotonic() when this process first saw the trial
+        # RUNNING and not taken up.
+        self._unclaimed: dict[tuple[int, int], float] = {}
 
     # BaseStorage: every call goes to the database.
     def create_new_study(
@@ -292,30 +293,38 @@ class ReconnectingStorage(BaseStorage, BaseHeartbeat):
 
         The second kind is what a retried write can leave when the database committed a try whose
         reply was lost (a trial created, or taken from the queue, twice): RUNNING without a
-        heartbeat, it would never fail. No worker took it up when this process has seen it
-        RUNNING without a ``worker`` attribute (the first thing every trial records, before its
-        claim is freed) for a grace period plus a minute, timed by this process's own monotonic
-        clock: a start time that another host wrote, by its clock and in its time zone, is never
+        heartbeat, it would never fail. A worker takes a trial up by recording itself as its
+        ``worker`` before its claim is freed. A trial without one fails once this process has
+        seen it so for a grace period plus a minute, timed by this process's own monotonic clock:
+        a start time that another host wrote, by its clock and in its time zone, is never
         compared with this host's. Each records why it is about to fail.
         """
-        stale = self._call(self.inner._get_stale_trial_ids, study_id)
+        heartbeats = set(self._call(self.inner._get_stale_trial_ids, study_id))
         grace = self.inner.grace_period or 0
-        now, unclaimed = time.monotonic(), {}
-        for trial in self._call(self.inner.get_all_trials, study_id, False, (TrialState.RUNNING,)):
+        running = self._call(self.inner.get_all_trials, study_id, False, (TrialState.RUNNING,))
+        now, unclaimed, orphans = time.monotonic(), {}, set()
+        for trial in running:
             if WORKER in trial.user_attrs:
                 continue
-            unclaimed[trial.number] = since = self._unclaimed.get(trial.number, now)
+            seen = (study_id, trial.number)
+            unclaimed[seen] = since = self._unclaimed.get(seen, now)
             if now - since > grace + 60:
                 get_id = self.inner.get_trial_id_from_study_id_trial_number
-                stale.append(self._call(get_id, study_id, trial.number))
-        self._unclaimed = unclaimed  # forget the trials taken up (or finished) meanwhile
-        reason = (
+                orphans.add(self._call(get_id, study_id, trial.number))
+        # Forget this study's trials taken up (or finished) meanwhile; keep other studies'.
+        kept = {k: v for k, v in self._unclaimed.items() if k[0] != study_id}
+        self._unclaimed = kept | unclaimed
+        silent = (
             f"no heartbeat from its worker for {grace} s (killed, or cut off from the database)"
         )
-        for trial_id in sorted(set(stale)):
+        orphan = (
+            f"no worker took it up in {grace + 60} s (a write retried after its reply was lost)"
+        )
+        for trial_id in sorted(heartbeats | orphans):
+            reason = silent if trial_id in heartbeats else orphan
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 self._call(self.inner.set_trial_user_attr, trial_id, FAIL_REASON, reason)
-        return sorted(set(stale))
+        return sorted(heartbeats | orphans)
 
     def get_heartbeat_interval(self) -> int | None:
         return self.inner.get_heartbeat_interval()

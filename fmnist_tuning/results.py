@@ -3,7 +3,7 @@
 Each final model's result is an attribute of its own (``final_model <key>``), so that machines that
 store different final models never overwrite each other's; ``final_current`` names the one the
 latest ``best.json`` describes. Each pass over the test set is recorded just before it reads the
-test set (``test_pass <id>``), so :func:`test_passes` counts every read, a pass whose result was
+test set (``test_pass <id>``), so :func:`count_test_passes` counts every read, a pass whose result was
 never stored too. Studies made by earlier versions kept their results in one attribute,
 ``final_models`` (``{"current": key, "models": {key: result}}``), which is still read.
 """

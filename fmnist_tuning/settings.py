@@ -79,6 +79,7 @@ def make_config(**settings: Any) -> RunConfig:
                 raise SettingsError(f"{_name(path)}: expected a folder, got {settings[path]!r}")
             settings[path] = Path(settings[path])
     if settings.get("output_dir") is None:
+        _check_folder_name(settings.get("study_name"))
         settings["output_dir"] = Path("runs") / settings.get("study_name", RunConfig.study_name)
     if settings.get("data_dir") is None:
         settings["data_dir"] = default_data_dir()
@@ -189,16 +190,19 @@ def _check_texts(config: RunConfig) -> None:
                 f"{_name(field)}: {value!r} has leading or trailing spaces or unprintable "
                 "characters; remove them"
             )
-    name = config.study_name
-    if len(name) > STUDY_NAME_LENGTH:
+    if len(config.study_name) > STUDY_NAME_LENGTH:
         raise SettingsError(
-            f"{_name('study_name')}: {len(name)} characters; Optuna stores at most "
+            f"{_name('study_name')}: {len(config.study_name)} characters; Optuna stores at most "
             f"{STUDY_NAME_LENGTH}"
         )
-    if name in (".", "..") or "/" in name or "\\" in name:
+
+
+def _check_folder_name(name: Any) -> None:
+    """Refuses a study name that cannot be the default output folder's (``runs/<study-name>``)."""
+    if isinstance(name, str) and (name in (".", "..") or "/" in name or "\\" in name):
         raise SettingsError(
             f"{_name('study_name')}: {name!r} cannot name a folder (runs/<study-name>); use "
-            "letters, digits, '-', '_' or '.'"
+            "letters, digits, '-', '_' or '.', or pass --output-dir"
         )
 
 

@@ -210,9 +210,9 @@ def load_or_create(run: RunConfig, slot: int = 0) -> optuna.Study:
     )
     # Under the study's claim lock, as every machine reads, checks and writes these: the first
     # machine records the settings and queues the start, the others find them.
+    start = run.warm_start and run.sampler != "grid" and budget.start_fits(run)
     with locks.holding(claim_lock(run, study.study_name), None, poll=0.2):
         _check_settings(study, run)
-        start = run.warm_start and run.sampler != "grid" and budget.start_fits(run)
         if start and not study.trials:
             study.enqueue_trial(search_space.DEFAULT_PARAMS)
     return study

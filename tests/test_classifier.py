@@ -102,7 +102,7 @@ def test_a_file_that_is_not_a_model_of_this_package_is_one_clear_error(
         tmp_path / "missing.ckpt": "no model file",
         tmp_path: "no model file",  # a folder
         garbage: "not a model checkpoint",
-        other: "does not hold the architecture",
+        other: "does not hold this package's network",
         _without(checkpoint, FashionMNISTDataModule.__qualname__, tmp_path / "old.ckpt"): (
             "earlier version"
         ),

@@ -80,17 +80,17 @@ def test_a_20_trial_study_deletes_each_beaten_checkpoint_from_a_gcs_store_exactl
     study = result.study
     stored = {t.number: t.user_attrs[CHECKPOINT_ARTIFACT] for t in study.trials}
     assert len(stored) == 20
-    beaten = {n: a for n, a in stored.items() if n != result.trial}
-    assert all(bucket.removes[a] == 1 for a in beaten.values())  # each one once, no more
+    best = {t.number for t in study.trials if t.value == study.best_value}  # ties may still win
+    beaten = {n: a for n, a in stored.items() if n not in best}
+    assert beaten and all(bucket.removes[a] == 1 for a in beaten.values())  # each once, no more
     files = bucket.buckets["models"]
-    assert stored[result.trial] in files and not beaten.keys() & files.keys()
+    assert {stored[n] for n in best} <= files.keys() and not beaten.keys() & files.keys()
     assert not any(bucket.reads.values())  # the retrain fetched nothing
     Cleanup(tmp_path / "out", artifacts.open_store(result.config)).prune(study)  # another process
     assert all(bucket.removes[a] == 1 for a in beaten.values())  # the study's record holds
-    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == [
-        f"final_trial_{result.trial:04d}.ckpt",
-        f"trial_{result.trial:04d}.ckpt",
-    ]
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir()) == sorted(
+        [f"final_trial_{result.trial:04d}.ckpt", *(f"trial_{n:04d}.ckpt" for n in best)]
+    )
 
 
 def test_a_store_that_fails_is_asked_again_later_and_never_ends_the_worker(
@@ -114,6 +114,23 @@ def test_a_store_that_fails_is_asked_again_later_and_never_ends_the_worker(
     monkeypatch.setattr(store, "remove", broken)
     cleanup.prune(study)
     assert "ckpt0" not in bucket.buckets["models"] and bucket.removes["ckpt0"] == 1
+
+
+def test_the_final_models_trial_keeps_its_checkpoint_and_so_does_a_better_one(
+    bucket: type[FakeBucketStore], run_config: RunConfig
+) -> None:
+    run = dataclasses.replace(run_config, artifact_store="gs://models")
+    store = artifacts.open_store(run)
+    study = optuna.create_study(direction="maximize")
+    for number, value in enumerate((0.5, 0.7, 0.9)):  # 2 finished while 1's model was made
+        store.write(f"ckpt{number}", io.BytesIO(b"weights"))
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=value, user_attrs={CHECKPOINT_ARTIFACT: f"ckpt{number}"}
+            )
+        )
+    Cleanup(run.output_dir, store).prune(study, keep=1)
+    assert sorted(bucket.buckets["models"]) == ["ckpt1", "ckpt2"]
 
 
 def test_an_s3_or_gs_store_names_its_bucket_and_its_missing_package(

@@ -138,8 +138,6 @@ def test_sampler_nsga2_searches_a_front(fake_data_dir: Path, tmp_path: Path) -> 
         ["--study-name", ""],
         ["--study-name=  "],
         ["--study-name", " padded"],
-        ["--study-name", "a/b"],
-        ["--study-name", ".."],
         ["--study-name", "x" * 513],
         ["--study-name", "tab\there"],
         ["--storage", ""],
@@ -217,6 +215,22 @@ def test_unreachable_storage_exits_2_without_password(
     err = capsys.readouterr().err
     assert "cannot open storage" in err and "s3cret" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "a\\b"])
+def test_a_study_name_that_cannot_be_the_default_folder_exits_2_unless_one_is_given(
+    name: str,
+    fake_data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["--data-dir", str(fake_data_dir), "--study-name", name]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot name a folder" in err[0] and not Path("runs").exists()
+    given = parse_config(["--study-name", name, "--output-dir", str(tmp_path / "out")])
+    assert given.study_name == name  # any name Optuna takes, with a folder of its own
 
 
 def test_a_data_dir_that_is_a_file_exits_2_with_one_line(

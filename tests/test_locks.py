@@ -17,7 +17,7 @@ from fmnist_tuning.config import RunConfig
 from fmnist_tuning.errors import StudyError
 from fmnist_tuning.keys import RUN_SETTINGS, WORKER, WORKER_SLOTS
 from fmnist_tuning.locks import DatabaseLock, FileLock, Lock, study_lock
-from tests.processes import pg_url_or_skip
+from tests.processes import pg_url_or_skip, wait_for
 
 
 def _one_holder_at_a_time(first: Lock, second: Lock) -> None:
@@ -74,18 +74,16 @@ from pathlib import Path
 from fmnist_tuning.locks import FileLock
 lock = FileLock(Path(sys.argv[1]))
 assert lock.try_acquire()
-print("held", flush=True)
+Path(sys.argv[2]).touch()
 time.sleep(60)
 """
 
 
 def test_a_file_lock_whose_holder_is_killed_is_free_again(tmp_path: Path) -> None:
-    path = tmp_path / "held.lock"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(path)], stdout=subprocess.PIPE, text=True
-    )
+    path, held = tmp_path / "held.lock", tmp_path / "held"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(path), str(held)])
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        wait_for(held.exists, 60, "the other process to take the lock")
         assert not FileLock(path).try_acquire()
     finally:
         holder.kill()

@@ -43,4 +43,4 @@ def test_a_trial_nobody_took_up_fails_a_grace_period_after_this_host_first_saw_i
     assert storage._get_stale_trial_ids(study_id) == []
     clock.now += 2
     assert storage._get_stale_trial_ids(study_id) == [orphan]
-    assert "no heartbeat" in storage.get_trial(orphan).user_attrs[FAIL_REASON]
+    assert "no worker took it up" in storage.get_trial(orphan).user_attrs[FAIL_REASON]

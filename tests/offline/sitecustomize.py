@@ -39,8 +39,12 @@ class NetworkBlocked(OSError):
 
 
 def _local(host: Any) -> bool:
-    if not isinstance(host, str) or host in LOCAL_NAMES:
+    if isinstance(host, bytes):
+        host = host.decode(errors="replace")
+    if host is None or host in LOCAL_NAMES:
         return True
+    if not isinstance(host, str):
+        return False
     try:
         return ipaddress.ip_address(host.split("%")[0]).is_loopback
     except ValueError:
