@@ -123,14 +123,8 @@ def load_model(path: str | Path, normalisation: tuple[float, float] | None = Non
             "use a model a study of fmnist-tuning saved"
         ) from None
     state = checkpoint.get(DATA_STATE) or {}
-    if normalisation is not None:
-        state = {
-            "class_names": CLASS_NAMES,
-            **state,
-            "mean": normalisation[0],
-            "std": normalisation[1],
-        }
-    if not {"mean", "std", "class_names"} <= state.keys():
+    mean, std = normalisation or (state.get("mean"), state.get("std"))
+    if mean is None or std is None:
         raise NoNormalisation(
             f"{path} does not hold its input normalisation (saved by an earlier version of "
             "fmnist-tuning); load it with load_result(...).predict, which knows its study"
@@ -147,4 +141,4 @@ def load_model(path: str | Path, normalisation: tuple[float, float] | None = Non
         raise ModelError(
             f"{path}: its weights do not fit its architecture ({first_line(err, 200)})"
         ) from None
-    return Classifier(network, state["mean"], state["std"], state["class_names"])
+    return Classifier(network, mean, std, state.get("class_names", CLASS_NAMES))

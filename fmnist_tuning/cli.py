@@ -21,7 +21,7 @@ from fmnist_tuning.config import RunConfig
 from fmnist_tuning.errors import NoResultError, SettingsError, TuningError
 from fmnist_tuning.faults import exit_on_signals
 from fmnist_tuning.keys import BEST_JSON
-from fmnist_tuning.settings import AUTO_WORKERS, CHOICES, make_config
+from fmnist_tuning.settings import AUTO_WORKERS, CHOICES, make_config, text_problem
 
 log = logging.getLogger("fmnist_tuning")
 
@@ -49,8 +49,8 @@ def _number(text: str) -> float:
 
 
 def _text(text: str) -> str:
-    if not text.strip() or text != text.strip():
-        raise argparse.ArgumentTypeError(f"expected a non-empty text without padding, got {text!r}")
+    if (problem := text_problem(text)) is not None:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 

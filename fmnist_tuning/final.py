@@ -54,12 +54,11 @@ from fmnist_tuning.progress import feasible
 from fmnist_tuning.raw import N_CLASSES, load_test
 from fmnist_tuning.results import (
     count_test_passes,
+    made_for,
     model_key,
-    models_of,
     record_test_pass,
     set_current,
     store_model,
-    stored_model,
 )
 from fmnist_tuning.search_space import TrialConfig, suggest_config
 from fmnist_tuning.storage import redact
@@ -195,15 +194,6 @@ WAITING = "another process of this study is making its final model: waiting"
 LOST = "the final model's lock was lost (its database connection dropped): waiting to take it again"
 
 
-def _made(study: optuna.Study, trial: int, key: str) -> Made | None:
-    """The stored final model of ``trial``: the one ``key`` names, else the first one made of it
-    with other settings (a trial's final model is made and scored once)."""
-    if (result := stored_model(study, key)) is not None:
-        return key, result
-    made = models_of(study, trial)
-    return made[0] if made else None
-
-
 def _final_model(
     study: optuna.Study, best: FrozenTrial, run: RunConfig, store: Any
 ) -> dict[str, Any]:
@@ -219,11 +209,13 @@ def _final_model(
     Either way it becomes the study's current final model.
     """
     key = _key(best, run)
-    made = _made(study, best.number, key)
+    made = made_for(study, best.number, key)
     if made is None:
         with locks.holding(locks.run_lock(run, study.study_name, "final"), WAITING) as lock:
             # Made while this process waited? Else this process makes it.
-            made = _made(study, best.number, key) or _make_and_score(study, best, run, store, lock)
+            made = made_for(study, best.number, key) or _make_and_score(
+                study, best, run, store, lock
+            )
     made_key, result = made
     if made_key != key:
         log.info(
@@ -241,7 +233,7 @@ def _made_meanwhile(study: optuna.Study, trial: int, key: str, lock: locks.Lock)
     if lock.held():
         return None
     locks.hold(lock, LOST)
-    return _made(study, trial, key)
+    return made_for(study, trial, key)
 
 
 def _make_and_score(

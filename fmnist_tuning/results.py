@@ -38,7 +38,11 @@ def stored_model(study: optuna.Study, key: str) -> dict[str, Any] | None:
 
 def stored_models(study: optuna.Study) -> dict[str, dict[str, Any]]:
     """Every stored final model's result by its key (an earlier version's too)."""
-    attrs = study.user_attrs
+    return _models(study.user_attrs)
+
+
+def _models(attrs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The final models' results among a study's attributes (read once by the caller)."""
     models: dict[str, dict[str, Any]] = dict(attrs.get(FINAL_MODELS, {}).get("models", {}))
     models.update(
         {k.removeprefix(FINAL_MODEL): v for k, v in attrs.items() if k.startswith(FINAL_MODEL)}
@@ -48,8 +52,22 @@ def stored_models(study: optuna.Study) -> dict[str, dict[str, Any]]:
 
 def models_of(study: optuna.Study, trial: int) -> list[tuple[str, dict[str, Any]]]:
     """The stored final models made from ``trial``, as ``(key, result)``, the first scored first."""
-    made = [(k, dict(v)) for k, v in stored_models(study).items() if v.get("trial") == trial]
+    return _of(stored_models(study), trial)
+
+
+def _of(models: dict[str, dict[str, Any]], trial: int) -> list[tuple[str, dict[str, Any]]]:
+    made = [(k, dict(v)) for k, v in models.items() if v.get("trial") == trial]
     return sorted(made, key=lambda kv: (str(kv[1].get("scored_at", "")), kv[0]))
+
+
+def made_for(study: optuna.Study, trial: int, key: str) -> tuple[str, dict[str, Any]] | None:
+    """The stored final model of ``trial`` as ``(key, result)``: the one ``key`` names, else the
+    first one made of it with other settings (a trial's final model is made and scored once)."""
+    models = stored_models(study)  # one read of the storage
+    if key in models:
+        return key, dict(models[key])
+    made = _of(models, trial)
+    return made[0] if made else None
 
 
 def record_test_pass(study: optuna.Study, key: str, worker: str) -> None:
@@ -63,10 +81,9 @@ def count_test_passes(study: optuna.Study) -> int:
 
     The recorded passes, and each stored result of an earlier version that recorded none.
     """
-    attrs = study.user_attrs
-    recorded = {v.get("model") for k, v in attrs.items() if k.startswith(TEST_PASS)}
-    passes = sum(k.startswith(TEST_PASS) for k in attrs)
-    return passes + sum(key not in recorded for key in stored_models(study))
+    attrs = study.user_attrs  # one read of the storage
+    passes = [v.get("model") for k, v in attrs.items() if k.startswith(TEST_PASS)]
+    return len(passes) + sum(key not in passes for key in _models(attrs))
 
 
 def store_model(study: optuna.Study, key: str, result: dict[str, Any]) -> None:

@@ -176,20 +176,27 @@ def check(config: RunConfig) -> None:
             )
 
 
+def text_problem(value: Any) -> str | None:
+    """What is wrong with ``value`` as a name or URL (empty, padded, unprintable); None if nothing.
+
+    The one rule for every such flag, of ``fmnist-tune`` and of ``fmnist-tune report``.
+    """
+    if not isinstance(value, str) or not value.strip():
+        return f"expected a non-empty text, got {value!r}"
+    if value != value.strip() or not value.isprintable():
+        return f"{value!r} has leading or trailing spaces or unprintable characters; remove them"
+    return None
+
+
 def _check_texts(config: RunConfig) -> None:
     """Refuses an empty, padded or unprintable name, storage URL or artifact store, and a study
-    name that cannot be a folder's (the output dir defaults to ``runs/<study-name>``)."""
+    name longer than Optuna stores."""
     for field in TEXTS:
         value = getattr(config, field)
         if value is None and field != "study_name":
             continue
-        if not isinstance(value, str) or not value.strip():
-            raise SettingsError(f"{_name(field)}: expected a non-empty text, got {value!r}")
-        if value != value.strip() or not value.isprintable():
-            raise SettingsError(
-                f"{_name(field)}: {value!r} has leading or trailing spaces or unprintable "
-                "characters; remove them"
-            )
+        if (problem := text_problem(value)) is not None:
+            raise SettingsError(f"{_name(field)}: {problem}")
     if len(config.study_name) > STUDY_NAME_LENGTH:
         raise SettingsError(
             f"{_name('study_name')}: {len(config.study_name)} characters; Optuna stores at most "
