@@ -13,9 +13,9 @@ accuracy at the last epoch and the training time.
 # ruff: noqa: E402
 from __future__ import annotations
 
-from fmnist_tuning import tools
+import harness
 
-tools.start()  # as fmnist-tune does, before the first Lightning import (hence E402 below)
+harness.start()  # as fmnist-tune does, before the first Lightning import (hence E402 below)
 
 import argparse
 import contextlib
@@ -31,10 +31,10 @@ from unittest import mock
 
 import optuna
 
-from fmnist_tuning import search_space
 from fmnist_tuning.config import RunConfig, default_data_dir
-from fmnist_tuning.objective import Objective
-from fmnist_tuning.study import DIRECTION
+from fmnist_tuning.search import space as search_space
+from fmnist_tuning.search.objective import Objective
+from fmnist_tuning.search.study import DIRECTION
 
 # Variant name → the recipe constants it changes (``base`` changes nothing).
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("runs/ablate.csv"))
     args = parser.parse_args(argv)
     data_dir = args.data_dir or default_data_dir()
-    if not tools.data_ready("ablate.py", data_dir, args.val_size):  # decoded once for all
+    if not harness.data_ready("ablate.py", data_dir, args.val_size):  # decoded once for all
         return 2
     try:
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@
     python benchmarks/benchmark.py --data-dir ../shared/data/fashion-mnist --json bench.json
     python benchmarks/benchmark.py --data-dir ../shared/data/fashion-mnist --quick   # a smoke test
 
-Every trial runs through the project's own trial loop (``fmnist_tuning.loop.optimize``, as each
+Every trial runs through the project's own trial loop (``fmnist_tuning.search.loop.optimize``, as each
 worker of ``fmnist-tune`` runs it); the three epoch pipelines are interleaved, and each figure is
 the median of several repeats with its range, because ratios measured side by side are what hold
 on a noisy shared machine.
@@ -35,11 +35,11 @@ on a noisy shared machine.
 # ruff: noqa: E402
 from __future__ import annotations
 
-from fmnist_tuning import tools
+import harness
 
 # As fmnist-tune does, before the first Lightning import (hence E402 below): what is measured is
 # the process that users run. Quiet: the benchmark prints its table only.
-tools.start(quiet=True)
+harness.start(quiet=True)
 
 import argparse
 import dataclasses
@@ -68,16 +68,16 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, random_split
 
-from fmnist_tuning import data, raw
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.loop import optimize
-from fmnist_tuning.model import MLP, OPTIMIZERS
-from fmnist_tuning.objective import Objective
-from fmnist_tuning.parallel import cpu_cores
 from fmnist_tuning.runtime import optimizer_options
-from fmnist_tuning.search_space import BATCH_SIZES, TrialConfig, suggest_config
-from fmnist_tuning.study import load_or_create
-from fmnist_tuning.trainer import uses_bf16, uses_gpu
+from fmnist_tuning.search.loop import optimize
+from fmnist_tuning.search.objective import Objective
+from fmnist_tuning.search.space import BATCH_SIZES, TrialConfig, suggest_config
+from fmnist_tuning.search.study import load_or_create
+from fmnist_tuning.search.workers import cpu_cores
+from fmnist_tuning.training import data, raw
+from fmnist_tuning.training.model import MLP, OPTIMIZERS
+from fmnist_tuning.training.trainer import uses_bf16, uses_gpu
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE_PARAMS = {  # the 784-128-10 MLP, Adam 1e-3, batch 128 (weight decay at its 1e-6 floor)
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.memory_trials = args.memory_trials or (2 if args.quick else 4)
     warnings.filterwarnings("ignore")  # the benchmark's table only
-    if not tools.data_ready("benchmark", args.data_dir, args.val_size):
+    if not harness.data_ready("benchmark", args.data_dir, args.val_size):
         return 2
 
     quick = args.quick

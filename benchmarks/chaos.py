@@ -4,7 +4,7 @@
         --data-dir ../shared/data/fashion-mnist --trials 100 --kill-every 5
 
 Starts ``--workers`` worker processes, exactly as ``scripts/tune.py --workers N`` does (``python -m
-fmnist_tuning.parallel``), on a new study of ``--trials`` trials (``--max-epochs`` epochs each, 1 s
+fmnist_tuning.search.workers``), on a new study of ``--trials`` trials (``--max-epochs`` epochs each, 1 s
 heartbeats, 3 s grace). Every ``--kill-every`` seconds (±50 %, seeded) it SIGKILLs a random
 worker that is running a trial and starts a replacement with the next worker number, until the
 study holds its total; then it waits for the workers to end and checks:
@@ -40,6 +40,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from fmnist_tuning.cluster.storage import MAX_RETRY
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.files import write_atomic
 from fmnist_tuning.keys import (
@@ -50,10 +51,9 @@ from fmnist_tuning.keys import (
     WORKER,
     trial_name,
 )
-from fmnist_tuning.parallel import Job, Workers
-from fmnist_tuning.progress import FINISHED
-from fmnist_tuning.storage import MAX_RETRY
-from fmnist_tuning.study import load_or_create, reserve_worker_slots
+from fmnist_tuning.search.progress import FINISHED
+from fmnist_tuning.search.study import load_or_create, reserve_worker_slots
+from fmnist_tuning.search.workers import Job, Workers
 
 RETRY_HISTORY = optuna.storages.RetryFailedTrialCallback.retry_history
 

@@ -22,9 +22,9 @@ Writes to ``--output-dir`` (default ``runs/compare-samplers``):
 # ruff: noqa: E402
 from __future__ import annotations
 
-from fmnist_tuning import tools
+import harness
 
-tools.start()  # as fmnist-tune does, before the first Lightning import (hence E402 below)
+harness.start()  # as fmnist-tune does, before the first Lightning import (hence E402 below)
 
 import argparse
 import dataclasses
@@ -41,9 +41,9 @@ import optuna
 
 from fmnist_tuning.config import RunConfig, default_data_dir
 from fmnist_tuning.files import write_csv
-from fmnist_tuning.objective import Objective
-from fmnist_tuning.search_space import GRID
-from fmnist_tuning.study import DIRECTION, make_sampler
+from fmnist_tuning.search.objective import Objective
+from fmnist_tuning.search.space import GRID
+from fmnist_tuning.search.study import DIRECTION, make_sampler
 
 SAMPLERS = ("grid", "random", "tpe")
 COLORS = {"grid": "tab:gray", "random": "tab:blue", "tpe": "tab:orange"}
@@ -56,7 +56,7 @@ class BoxTrial:
     """A trial whose suggestions are narrowed to the box spanned by ``box`` (name → values).
 
     Everything else (number, report, should_prune, storage, ...) is the wrapped trial's, so the
-    real :class:`~fmnist_tuning.objective.Objective` and its pruning callback use it unchanged.
+    real :class:`~fmnist_tuning.search.objective.Objective` and its pruning callback use it unchanged.
     """
 
     def __init__(self, trial: optuna.Trial, box: dict[str, list[Any]]) -> None:
@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         val_size=args.val_size,
         accelerator=args.accelerator,
     )
-    if not tools.data_ready("compare_samplers", run.data_dir, run.val_size):  # decoded once
+    if not harness.data_ready("compare_samplers", run.data_dir, run.val_size):  # decoded once
         return 2
     out: Path = args.output_dir
     out.mkdir(parents=True, exist_ok=True)

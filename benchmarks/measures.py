@@ -25,9 +25,11 @@ each figure is the median of the paired differences.
 # ruff: noqa: E402
 from __future__ import annotations
 
-from fmnist_tuning import runtime, tools
+import harness
 
-tools.start(quiet=True)  # as fmnist-tune does, before the first Lightning import (hence E402)
+from fmnist_tuning import runtime
+
+harness.start(quiet=True)  # as fmnist-tune does, before the first Lightning import (hence E402)
 
 import argparse
 import dataclasses
@@ -50,8 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/benchmark
 import benchmark
 
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.model import MLP, OPTIMIZERS
-from fmnist_tuning.search_space import TrialConfig
+from fmnist_tuning.search.space import TrialConfig
+from fmnist_tuning.training.model import MLP, OPTIMIZERS
 
 
 def paired(on: Callable[[], float], off: Callable[[], float], repeats: int) -> dict[str, Any]:
@@ -163,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer repeats and trials")
     p.add_argument("--val-size", type=int, default=RunConfig.val_size)
     args = p.parse_args(argv)
-    if not tools.data_ready("measures", args.data_dir, args.val_size):
+    if not harness.data_ready("measures", args.data_dir, args.val_size):
         return 2
     repeats = 2 if args.quick else 10
     results: dict[str, Any] = {}

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fmnist_tuning.api import TuneResult, load_result, tune
-    from fmnist_tuning.classifier import load_model
+    from fmnist_tuning.final.classifier import load_model
 
 __version__ = "0.1.0"
 __all__ = ["TuneResult", "load_model", "load_result", "tune"]
@@ -20,7 +20,7 @@ __all__ = ["TuneResult", "load_model", "load_result", "tune"]
 
 def __getattr__(name: str) -> Any:
     if name == "load_model":
-        from fmnist_tuning import classifier
+        from fmnist_tuning.final import classifier
 
         return classifier.load_model
     if name in __all__:

@@ -26,18 +26,19 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from fmnist_tuning import front, runtime
+from fmnist_tuning import runtime
+from fmnist_tuning.cluster.storage import load_existing, redact
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.errors import NoResultError, StudyError
+from fmnist_tuning.final.results import stored_result
 from fmnist_tuning.keys import CHECKPOINT, RUN_SETTINGS
-from fmnist_tuning.progress import configure_logging, summarize
-from fmnist_tuning.results import stored_result
-from fmnist_tuning.search_space import TrialConfig, suggest_config
+from fmnist_tuning.search import front
+from fmnist_tuning.search.progress import configure_logging, summarize
+from fmnist_tuning.search.space import TrialConfig, suggest_config
 from fmnist_tuning.settings import make_config
-from fmnist_tuning.storage import load_existing, redact
 
 if TYPE_CHECKING:  # imported where used: it imports Lightning, after runtime.setup_process
-    from fmnist_tuning.classifier import Classifier
+    from fmnist_tuning.final.classifier import Classifier
 
 log = logging.getLogger("fmnist_tuning")
 
@@ -79,7 +80,7 @@ class TuneResult:
 
     def load_model(self) -> torch.nn.Module:
         """The trained network (a ``LightningModule``) on the CPU, in eval mode."""
-        from fmnist_tuning.model import FashionMNISTClassifier
+        from fmnist_tuning.training.model import FashionMNISTClassifier
 
         if self.checkpoint is None or not self.checkpoint.is_file():
             raise NoResultError(
@@ -91,7 +92,7 @@ class TuneResult:
 
     @functools.cached_property
     def _classifier(self) -> Classifier:
-        from fmnist_tuning.classifier import NoNormalisation, load_model
+        from fmnist_tuning.final.classifier import NoNormalisation, load_model
 
         if self.checkpoint is None or not self.checkpoint.is_file():
             raise NoResultError(
@@ -106,14 +107,14 @@ class TuneResult:
     @functools.cached_property
     def _pixel_stats(self) -> tuple[float, float]:
         """The training split's mean and std (for a model saved without them)."""
-        from fmnist_tuning.data import make_splits
-        from fmnist_tuning.raw import load_raw
+        from fmnist_tuning.training.data import make_splits
+        from fmnist_tuning.training.raw import load_raw
 
         splits = make_splits(load_raw(self.config.data_dir), self.config.val_size, self.config.seed)
         return splits.mean, splits.std
 
     def predict(self, images: Any) -> torch.Tensor:
-        """Class indices (0-9, see ``fmnist_tuning.raw.CLASS_NAMES``) for a batch of images.
+        """Class indices (0-9, see ``fmnist_tuning.training.raw.CLASS_NAMES``) for a batch of images.
 
         The model's own file classifies them (:func:`fmnist_tuning.load_model`): what the test
         pass scored.
@@ -127,7 +128,7 @@ class TuneResult:
     def figures(self) -> dict[str, Any]:
         """Optuna's plotly figures of the study by name (shown inline when a notebook cell ends
         with one); the report's list, without the ones this study cannot draw yet."""
-        from fmnist_tuning.plots import make_plots
+        from fmnist_tuning.report.plots import make_plots
 
         return {p.name: p.figure for p in make_plots(self.study) if p.figure is not None}
 
@@ -166,16 +167,17 @@ def run_study(config: RunConfig) -> tuple[optuna.Study, dict[str, Any]]:
     """
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from fmnist_tuning import raw, study
-    from fmnist_tuning.budget import budget_text
     from fmnist_tuning.faults import Interrupted, catch_signals, received_signal
-    from fmnist_tuning.final import finalize
-    from fmnist_tuning.loop import optimize
-    from fmnist_tuning.report import write_report
+    from fmnist_tuning.final.finalize import finalize
+    from fmnist_tuning.report.page import write_report
+    from fmnist_tuning.search import study
+    from fmnist_tuning.search.budget import budget_text
+    from fmnist_tuning.search.loop import optimize
+    from fmnist_tuning.training import raw
 
     workers = None
     if config.workers > 1:
-        from fmnist_tuning.parallel import Workers
+        from fmnist_tuning.search.workers import Workers
 
         workers = Workers()
     the_study = None
@@ -269,8 +271,8 @@ def _result(study: optuna.Study, config: RunConfig, trial: int | None = None) ->
     best = front.best_trial(study) if trial is None else study.get_trials(deepcopy=False)[trial]
     final = stored_result(study, best.number) if config.test else None  # --no-test: not shown
     if final is not None:
-        from fmnist_tuning.artifacts import open_store
-        from fmnist_tuning.final import local_model
+        from fmnist_tuning.cluster.artifacts import open_store
+        from fmnist_tuning.final.finalize import local_model
 
         # Made on another machine: copied from the artifact store into this output dir.
         checkpoint: Path | None = local_model(final, config, open_store(config))

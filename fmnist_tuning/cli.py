@@ -219,9 +219,9 @@ def build_report_parser() -> argparse.ArgumentParser:
 
 def report(argv: Sequence[str]) -> int:
     """``fmnist-tune report``: writes a stored study's report; returns the exit code."""
-    from fmnist_tuning.progress import configure_logging
-    from fmnist_tuning.report import write_report
-    from fmnist_tuning.storage import load_existing
+    from fmnist_tuning.cluster.storage import load_existing
+    from fmnist_tuning.report.page import write_report
+    from fmnist_tuning.search.progress import configure_logging
 
     try:
         args = build_report_parser().parse_args(argv)

@@ -30,9 +30,9 @@ class RunConfig:
     seed: int = 0  # seeds the sampler, the train/val split, shuffles and weight init
     accelerator: str = "auto"  # auto (GPU when present), cpu or gpu
     # The final model's longest schedule, validated on the 55k/5k split before the retrain on 60k
-    # (fmnist_tuning.schedule); --max-epochs or less: the trial's own schedule, unvalidated further
+    # (fmnist_tuning.final.schedule); --max-epochs or less: the trial's own schedule, unvalidated further
     final_epochs: int = 40
-    # A deployment budget (fmnist_tuning.budget): Optuna constraints; over-budget trials stop early
+    # A deployment budget (fmnist_tuning.search.budget): Optuna constraints; over-budget trials stop early
     max_params: int | None = None  # parameters at most
     max_latency_ms: float | None = None  # CPU milliseconds per image (batch 1) at most
     # accuracy (with pruning), or a Pareto front: accuracy,params or accuracy,latency (no pruning)

@@ -3,7 +3,7 @@
 Lightning turns Ctrl-C inside ``trainer.fit`` into ``sys.exit(1)`` and SIGTERM into a ``SystemExit``
 subclass, and Optuna catches neither, so by default an interrupted trial stays RUNNING in the
 storage forever. Here SIGINT and SIGTERM only set a flag while a study runs; the trial's
-:class:`~fmnist_tuning.callbacks.TrialGuard` turns the flag into :class:`Interrupted` at the next
+:class:`~fmnist_tuning.training.callbacks.TrialGuard` turns the flag into :class:`Interrupted` at the next
 batch, a ``KeyboardInterrupt`` that Optuna records as a FAIL before it re-raises it (and that no
 ``except Exception`` swallows).
 """

@@ -7,6 +7,7 @@ import importlib.util
 import os
 import shutil
 import struct
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,8 +42,8 @@ def _guard_the_network() -> Path:
 
 DOWNLOADS = _guard_the_network()  # before the package's modules are imported below
 
-from fmnist_tuning import data, raw  # noqa: E402
 from fmnist_tuning.config import RunConfig  # noqa: E402
+from fmnist_tuning.training import data, raw  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -62,6 +63,8 @@ def load_script(name: str) -> ModuleType:
     path = ROOT / "scripts" / f"{name}.py"
     if not path.is_file():
         path = ROOT / "benchmarks" / f"{name}.py"
+    if str(path.parent) not in sys.path:  # as `python benchmarks/<name>.py` has: its helpers
+        sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from fmnist_tuning.storage import redact
+from fmnist_tuning.cluster.storage import redact
 from tests.conftest import VAL_SIZE
 
 ROOT = Path(__file__).resolve().parents[1]

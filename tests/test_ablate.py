@@ -10,7 +10,7 @@ from types import ModuleType
 import optuna
 import pytest
 
-from fmnist_tuning.search_space import DEFAULT_PARAMS, TrialConfig, suggest_config
+from fmnist_tuning.search.space import DEFAULT_PARAMS, TrialConfig, suggest_config
 from tests.conftest import VAL_SIZE, load_script
 
 

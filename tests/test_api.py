@@ -19,9 +19,11 @@ from lightning.pytorch.callbacks import Callback
 from optuna.trial import TrialState
 
 import fmnist_tuning
-from fmnist_tuning import errors, objective, raw
+from fmnist_tuning import errors
 from fmnist_tuning.cli import main
 from fmnist_tuning.config import RunConfig
+from fmnist_tuning.search import objective
+from fmnist_tuning.training import raw
 from tests.conftest import N_TRAIN, VAL_SIZE
 
 

@@ -13,12 +13,10 @@ import pytest
 from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fmnist_tuning import final
 from fmnist_tuning.api import load_result
-from fmnist_tuning.budget import count_params
 from fmnist_tuning.cli import main
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.front import RULE_BUDGET, RULE_KNEE, choose
+from fmnist_tuning.final import finalize as final
 from fmnist_tuning.keys import (
     EPOCHS,
     LATENCY_MS,
@@ -27,11 +25,13 @@ from fmnist_tuning.keys import (
     TENSORBOARD_DIR,
     trial_name,
 )
-from fmnist_tuning.loop import optimize
-from fmnist_tuning.search_space import BUDGET_UNITS_RANGE, DEFAULT_PARAMS, TrialConfig
+from fmnist_tuning.search.budget import count_params
+from fmnist_tuning.search.front import RULE_BUDGET, RULE_KNEE, choose
+from fmnist_tuning.search.loop import optimize
+from fmnist_tuning.search.space import BUDGET_UNITS_RANGE, DEFAULT_PARAMS, TrialConfig
+from fmnist_tuning.search.study import load_or_create
 from fmnist_tuning.settings import SMALLEST_NET_PARAMS
-from fmnist_tuning.study import load_or_create
-from fmnist_tuning.trainer import build_module
+from fmnist_tuning.training.trainer import build_module
 from tests.processes import tune_args
 
 SMALL = {

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 import fmnist_tuning
-from fmnist_tuning import raw
-from fmnist_tuning.classifier import load_model
-from fmnist_tuning.data import FashionMNISTDataModule, make_splits, normalise
 from fmnist_tuning.errors import ModelError
-from fmnist_tuning.model import FashionMNISTClassifier
+from fmnist_tuning.final.classifier import load_model
+from fmnist_tuning.training import raw
+from fmnist_tuning.training.data import FashionMNISTDataModule, make_splits, normalise
+from fmnist_tuning.training.model import FashionMNISTClassifier
 from tests.conftest import VAL_SIZE, write_fake_fmnist
 from tests.processes import ROOT
 

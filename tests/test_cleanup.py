@@ -14,14 +14,15 @@ import pytest
 from optuna.artifacts.exceptions import ArtifactNotFound
 
 import fmnist_tuning
-from fmnist_tuning import artifacts, final
-from fmnist_tuning.cleanup import Cleanup
+from fmnist_tuning.cluster import artifacts
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.errors import SettingsError, StudyError
+from fmnist_tuning.final import finalize as final
 from fmnist_tuning.keys import CHECKPOINT_ARTIFACT
-from fmnist_tuning.loop import optimize
-from fmnist_tuning.objective import checkpoint_path
-from fmnist_tuning.study import load_or_create
+from fmnist_tuning.search.cleanup import Cleanup
+from fmnist_tuning.search.loop import optimize
+from fmnist_tuning.search.objective import checkpoint_path
+from fmnist_tuning.search.study import load_or_create
 from tests.conftest import VAL_SIZE
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fmnist_tuning import data, raw
-from fmnist_tuning.data import FashionMNISTDataModule, TensorBatches, random_flip
-from fmnist_tuning.raw import DataError
+from fmnist_tuning.training import data, raw
+from fmnist_tuning.training.data import FashionMNISTDataModule, TensorBatches, random_flip
+from fmnist_tuning.training.raw import DataError
 from tests.conftest import N_TEST, N_TRAIN, VAL_SIZE, synthetic_split, write_idx
 
 

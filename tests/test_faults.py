@@ -18,13 +18,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from optuna.trial import TrialState
 
-from fmnist_tuning import final, objective
 from fmnist_tuning.cli import main
+from fmnist_tuning.cluster.reconnect import StorageUnavailable
 from fmnist_tuning.config import RunConfig
+from fmnist_tuning.final import finalize as final
 from fmnist_tuning.keys import CHECKPOINT_DIR, RUN_SETTINGS
-from fmnist_tuning.loop import optimize
-from fmnist_tuning.reconnect import StorageUnavailable
-from fmnist_tuning.study import load_or_create, run_settings
+from fmnist_tuning.search import objective
+from fmnist_tuning.search.loop import optimize
+from fmnist_tuning.search.study import load_or_create, run_settings
 from tests.conftest import VAL_SIZE
 from tests.processes import FINISHED, Tune, started, tune_args, wait_for
 

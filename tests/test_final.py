@@ -14,16 +14,17 @@ import pytest
 from lightning.pytorch.callbacks import Callback
 
 import fmnist_tuning
-from fmnist_tuning import final, results
-from fmnist_tuning.classifier import load_model
 from fmnist_tuning.cli import main
 from fmnist_tuning.config import RunConfig
+from fmnist_tuning.final import finalize as final
+from fmnist_tuning.final import results
+from fmnist_tuning.final.classifier import load_model
 from fmnist_tuning.keys import FINAL_CURRENT, FINAL_MODEL, FINAL_MODELS, REPORT_HTML, TEST_PASS
-from fmnist_tuning.loop import optimize
-from fmnist_tuning.raw import load_test
-from fmnist_tuning.report import TEST_PASSES_ROW
-from fmnist_tuning.search_space import DEFAULT_PARAMS, TrialConfig
-from fmnist_tuning.study import load_or_create
+from fmnist_tuning.report.page import TEST_PASSES_ROW
+from fmnist_tuning.search.loop import optimize
+from fmnist_tuning.search.space import DEFAULT_PARAMS, TrialConfig
+from fmnist_tuning.search.study import load_or_create
+from fmnist_tuning.training.raw import load_test
 from tests.conftest import N_TEST, N_TRAIN, VAL_SIZE, load_script
 from tests.processes import tune_args
 

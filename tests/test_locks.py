@@ -12,11 +12,11 @@ from typing import Any
 import optuna
 import pytest
 
-from fmnist_tuning import loop, study
+from fmnist_tuning.cluster.locks import DatabaseLock, FileLock, Lock, study_lock
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.errors import StudyError
 from fmnist_tuning.keys import RUN_SETTINGS, WORKER, WORKER_SLOTS
-from fmnist_tuning.locks import DatabaseLock, FileLock, Lock, study_lock
+from fmnist_tuning.search import loop, study
 from tests.processes import pg_url_or_skip, wait_for
 
 
@@ -71,7 +71,7 @@ def test_an_unreachable_database_is_waited_for_then_one_error_naming_it() -> Non
 HOLD = """
 import sys, time
 from pathlib import Path
-from fmnist_tuning.locks import FileLock
+from fmnist_tuning.cluster.locks import FileLock
 lock = FileLock(Path(sys.argv[1]))
 assert lock.try_acquire()
 Path(sys.argv[2]).touch()

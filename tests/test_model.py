@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from fmnist_tuning.model import MLP, OPTIMIZERS, FashionMNISTClassifier
 from fmnist_tuning.runtime import optimizer_options
+from fmnist_tuning.training.model import MLP, OPTIMIZERS, FashionMNISTClassifier
 
 
 @pytest.mark.parametrize("hidden", [(), (32,), (64, 32), (128, 64, 32)])

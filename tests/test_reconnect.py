@@ -9,9 +9,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from fmnist_tuning import reconnect
+from fmnist_tuning.cluster import reconnect
+from fmnist_tuning.cluster.reconnect import Outage, ReconnectingStorage
 from fmnist_tuning.keys import FAIL_REASON, WORKER
-from fmnist_tuning.reconnect import Outage, ReconnectingStorage
 from tests.conftest import FakeClock
 
 GRACE = 3

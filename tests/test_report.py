@@ -14,17 +14,17 @@ from typing import Any
 import optuna
 import pytest
 
-from fmnist_tuning import plots
 from fmnist_tuning.cli import main
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.final import score_on_test
+from fmnist_tuning.final.finalize import score_on_test
+from fmnist_tuning.final.results import stored_result
 from fmnist_tuning.keys import FINAL_MODEL, REPORT_HTML, RUN_SETTINGS
-from fmnist_tuning.progress import log_trial
-from fmnist_tuning.raw import CLASS_NAMES, load_test
-from fmnist_tuning.report import TEMPLATES, write_report
-from fmnist_tuning.results import stored_result
-from fmnist_tuning.search_space import TrialConfig, suggest_config
-from fmnist_tuning.trainer import build_datamodule, build_module, build_trainer
+from fmnist_tuning.report import plots
+from fmnist_tuning.report.page import TEMPLATES, write_report
+from fmnist_tuning.search.progress import log_trial
+from fmnist_tuning.search.space import TrialConfig, suggest_config
+from fmnist_tuning.training.raw import CLASS_NAMES, load_test
+from fmnist_tuning.training.trainer import build_datamodule, build_module, build_trainer
 from tests.conftest import N_TEST, VAL_SIZE, load_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -334,7 +334,7 @@ def test_chromium_check_catches_a_script_error(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_the_report_imports_no_lightning() -> None:
     """It reads the stored study and scores nothing, so it needs no training framework."""
-    probe = "import sys, fmnist_tuning.report; print('lightning' in sys.modules)"
+    probe = "import sys, fmnist_tuning.report.page; print('lightning' in sys.modules)"
     proc = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
     )

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import optuna
 import pytest
 
-from fmnist_tuning.search_space import DEFAULT_PARAMS, GRID, TrialConfig, suggest_config
+from fmnist_tuning.search.space import DEFAULT_PARAMS, GRID, TrialConfig, suggest_config
 
 PARAMS = {
     "n_layers": 2,
@@ -83,7 +83,7 @@ def test_the_default_config_is_what_a_new_studys_first_trial_trains() -> None:
 
 
 def test_model_kwargs_match_the_module_signature() -> None:
-    from fmnist_tuning.model import FashionMNISTClassifier
+    from fmnist_tuning.training.model import FashionMNISTClassifier
 
     module = FashionMNISTClassifier(**TrialConfig().model_kwargs())
     assert module.hparams["hidden_sizes"] == [1024, 640]

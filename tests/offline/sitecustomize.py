@@ -5,7 +5,7 @@ pytest process itself):
 
 - sockets reach loopback only (PostgreSQL, the fault proxy, the dashboard, Jupyter's kernel); any
   other address or host name fails at once, loudly;
-- ``fmnist_tuning.raw.download`` may not fetch anything. A call that would (no dataset in the
+- ``fmnist_tuning.training.raw.download`` may not fetch anything. A call that would (no dataset in the
   folder) is recorded in the file ``FMNIST_TEST_DOWNLOADS`` names, where the test session finds
   it and fails. ``FMNIST_TEST_DOWNLOAD=fake`` simulates a network that works: such a call writes a
   tiny dataset at once and goes on (it is still recorded); by default it raises.
@@ -89,7 +89,7 @@ def _write_fake(folder: Path) -> None:
 
 
 def guard_download(raw: ModuleType) -> None:
-    """Replaces ``raw.download`` (module ``fmnist_tuning.raw``) with the guarded one."""
+    """Replaces ``raw.download`` (module ``fmnist_tuning.training.raw``) with the guarded one."""
     download = raw.download
 
     def guarded(data_dir: Any) -> None:
@@ -107,7 +107,7 @@ def guard_download(raw: ModuleType) -> None:
 
 
 class _RawLoader(importlib.abc.Loader):
-    """Loads ``fmnist_tuning.raw`` as usual, then guards its download."""
+    """Loads ``fmnist_tuning.training.raw`` as usual, then guards its download."""
 
     def __init__(self, loader: importlib.abc.Loader) -> None:
         self.loader = loader
@@ -122,7 +122,7 @@ class _RawLoader(importlib.abc.Loader):
 
 class _RawFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != "fmnist_tuning.raw":
+        if name != "fmnist_tuning.training.raw":
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is not None and spec.loader is not None:
@@ -136,8 +136,8 @@ def install() -> None:
         return
     socket._fmnist_guarded = True  # type: ignore[attr-defined]
     _guard_sockets()
-    if "fmnist_tuning.raw" in sys.modules:
-        guard_download(sys.modules["fmnist_tuning.raw"])
+    if "fmnist_tuning.training.raw" in sys.modules:
+        guard_download(sys.modules["fmnist_tuning.training.raw"])
     else:
         sys.meta_path.insert(0, _RawFinder())
 

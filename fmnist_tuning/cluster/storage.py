@@ -14,9 +14,9 @@ import sqlalchemy.exc
 from optuna.storages.journal import JournalFileBackend
 from sqlalchemy.engine import make_url
 
+from fmnist_tuning.cluster.reconnect import Outage, ReconnectingStorage
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.errors import StudyError, first_line
-from fmnist_tuning.reconnect import Outage, ReconnectingStorage
 
 JOURNAL_PREFIX = "journal:"  # journal:PATH, an Optuna JournalFileBackend log on a shared disk
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}
@@ -75,7 +75,7 @@ def open_storage(
         grace_period: Seconds without a heartbeat after which a running trial is FAIL and queued
             again; None means three heartbeats.
         give_up_after: For a database server: seconds it may stay unreachable while its
-            connections are replaced and the calls tried again (:mod:`fmnist_tuning.reconnect`).
+            connections are replaced and the calls tried again (:mod:`fmnist_tuning.cluster.reconnect`).
 
     Raises:
         StudyError: The storage cannot be opened (nothing listens at the server's address, the

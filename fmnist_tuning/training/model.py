@@ -13,8 +13,8 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import nn
 
 from fmnist_tuning.keys import TRAIN_LOSS, VAL_ACC, VAL_LOSS
-from fmnist_tuning.raw import N_CLASSES, N_FEATURES
 from fmnist_tuning.runtime import optimizer_options
+from fmnist_tuning.training.raw import N_CLASSES, N_FEATURES
 
 # The optimizer pair's first half: each name's torch optimizer (SGD with Nesterov momentum 0.9).
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {

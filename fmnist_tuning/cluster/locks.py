@@ -19,10 +19,10 @@ import filelock
 import sqlalchemy
 from sqlalchemy.pool import NullPool
 
+from fmnist_tuning.cluster.storage import engine_options, journal_path, redact
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.errors import StudyError, first_line
 from fmnist_tuning.faults import raise_if_interrupted
-from fmnist_tuning.storage import engine_options, journal_path, redact
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from optuna_integration import PyTorchLightningPruningCallback
 
-from fmnist_tuning import artifacts, budget, front
-from fmnist_tuning.callbacks import TrialGuard, ValHistory
+from fmnist_tuning.cluster import artifacts
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.faults import Interrupted, TrialFailure, received_signal
 from fmnist_tuning.keys import (
@@ -36,8 +35,10 @@ from fmnist_tuning.keys import (
     VAL_CURVE,
     trial_name,
 )
-from fmnist_tuning.search_space import TrialConfig, suggest_config
-from fmnist_tuning.trainer import build_datamodule, build_module, build_trainer
+from fmnist_tuning.search import budget, front
+from fmnist_tuning.search.space import TrialConfig, suggest_config
+from fmnist_tuning.training.callbacks import TrialGuard, ValHistory
+from fmnist_tuning.training.trainer import build_datamodule, build_module, build_trainer
 
 DataModuleFactory = Callable[[TrialConfig, RunConfig], pl.LightningDataModule]
 
@@ -57,7 +58,7 @@ class Objective:
     """Trains one trial's configuration and returns its best validation accuracy.
 
     Records on the trial: ``epochs`` trained, ``train_seconds``, its network's ``params`` and
-    ``latency_ms`` (:mod:`fmnist_tuning.budget`; under a budget also as constraints), its
+    ``latency_ms`` (:mod:`fmnist_tuning.search.budget`; under a budget also as constraints), its
     ``checkpoint`` and that file's ``checkpoint_artifact`` in the artifact store (complete trials)
     and, when it failed or was pruned for another reason than its accuracy, ``fail_reason``.
 

@@ -1,9 +1,9 @@
 """Worker processes: ``--workers N`` runs N trial loops on this machine against one study.
 
 The parent creates (or resumes) the study, numbers the workers, starts each as a new process
-(``python -m fmnist_tuning.parallel``, its :class:`Job` arriving as JSON on stdin so that no storage
+(``python -m fmnist_tuning.search.workers``, its :class:`Job` arriving as JSON on stdin so that no storage
 password shows in ``ps``), forwards SIGINT/SIGTERM to them, and waits. Each worker runs
-:func:`fmnist_tuning.loop.optimize` with its own sampler seed and ``cores // N`` torch threads;
+:func:`fmnist_tuning.search.loop.optimize` with its own sampler seed and ``cores // N`` torch threads;
 that function keeps the study-wide trial count exact. Workers run in their own sessions, so a
 Ctrl-C in the terminal reaches the parent only, and reaches each worker exactly once.
 """
@@ -33,11 +33,11 @@ from fmnist_tuning.faults import (
     raise_if_interrupted,
     received_signal,
 )
-from fmnist_tuning.study import load_or_create
+from fmnist_tuning.search.study import load_or_create
 
 log = logging.getLogger(__name__)
 
-WORKER_COMMAND = [sys.executable, "-m", "fmnist_tuning.parallel"]
+WORKER_COMMAND = [sys.executable, "-m", "fmnist_tuning.search.workers"]
 
 
 def cpu_cores() -> int:
@@ -79,7 +79,9 @@ def work(job: Job) -> int:
     0 when the study is done, 128 + the signal number when interrupted, 2 when the storage or the
     artifact store cannot be used.
     """
-    from fmnist_tuning.loop import optimize  # after runtime.setup_process: it imports Lightning
+    from fmnist_tuning.search.loop import (
+        optimize,  # after runtime.setup_process: it imports Lightning
+    )
 
     with catch_signals():
         try:
@@ -160,10 +162,10 @@ class Workers:
 
 
 def main() -> int:
-    """Entry point of one worker process: ``python -m fmnist_tuning.parallel``."""
+    """Entry point of one worker process: ``python -m fmnist_tuning.search.workers``."""
     with exit_on_signals():  # until the study loop takes over (the imports take seconds)
         from fmnist_tuning import runtime
-        from fmnist_tuning.progress import configure_logging
+        from fmnist_tuning.search.progress import configure_logging
 
         runtime.setup_process()
         job = Job.from_json(sys.stdin.read())

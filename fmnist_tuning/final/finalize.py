@@ -3,11 +3,11 @@
 The official test set is scored here and nowhere else. A best trial gets one final model (its
 configuration retrained on all 60,000 training images, or with ``--no-retrain`` the trial's own
 checkpoint), made and scored once, across machines too (under the study's lock,
-:mod:`fmnist_tuning.locks`). A later run whose final-model settings differ (``--final-epochs``,
+:mod:`fmnist_tuning.cluster.locks`). A later run whose final-model settings differ (``--final-epochs``,
 ``--no-retrain``) reuses that model and its score, and says so: the test set never helps choose
 between settings. Only a new best trial gets a new final model. The result, with everything the
 report shows (confusion matrix, per-class accuracy, the most confident mistakes), is stored in the
-study (:mod:`fmnist_tuning.results`), with a record of every test pass; ``best.json`` and the
+study (:mod:`fmnist_tuning.final.results`), with a record of every test pass; ``best.json`` and the
 report read it from there.
 """
 
@@ -30,13 +30,21 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 from scipy.stats import binomtest
 
-from fmnist_tuning import artifacts, front, locks, schedule
-from fmnist_tuning.callbacks import StopAfterEpochs
-from fmnist_tuning.classifier import load_model
-from fmnist_tuning.cleanup import Cleanup
+from fmnist_tuning.cluster import artifacts, locks
+from fmnist_tuning.cluster.storage import redact
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.errors import StudyError
 from fmnist_tuning.files import write_atomic
+from fmnist_tuning.final import schedule
+from fmnist_tuning.final.classifier import load_model
+from fmnist_tuning.final.results import (
+    count_test_passes,
+    made_for,
+    model_key,
+    record_test_pass,
+    set_current,
+    store_model,
+)
 from fmnist_tuning.keys import (
     BEST_JSON,
     CHECKPOINT,
@@ -48,21 +56,15 @@ from fmnist_tuning.keys import (
     WORKER,
     trial_name,
 )
-from fmnist_tuning.loop import worker_id
-from fmnist_tuning.objective import checkpoint_path
-from fmnist_tuning.progress import feasible
-from fmnist_tuning.raw import N_CLASSES, load_test
-from fmnist_tuning.results import (
-    count_test_passes,
-    made_for,
-    model_key,
-    record_test_pass,
-    set_current,
-    store_model,
-)
-from fmnist_tuning.search_space import TrialConfig, suggest_config
-from fmnist_tuning.storage import redact
-from fmnist_tuning.trainer import build_datamodule, build_module, build_trainer
+from fmnist_tuning.search import front
+from fmnist_tuning.search.cleanup import Cleanup
+from fmnist_tuning.search.loop import worker_id
+from fmnist_tuning.search.objective import checkpoint_path
+from fmnist_tuning.search.progress import feasible
+from fmnist_tuning.search.space import TrialConfig, suggest_config
+from fmnist_tuning.training.callbacks import StopAfterEpochs
+from fmnist_tuning.training.raw import N_CLASSES, load_test
+from fmnist_tuning.training.trainer import build_datamodule, build_module, build_trainer
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ N_CONFUSED = 24  # the most confident mistakes kept for the report
 def final_path(output_dir: Path, trial: int, final_epochs: int = 0) -> Path:
     """Where the configuration of ``trial`` retrained on all 60k images is saved.
 
-    The name carries the final model's result key (:func:`fmnist_tuning.results.model_key`): the
+    The name carries the final model's result key (:func:`fmnist_tuning.final.results.model_key`): the
     trial, and the longest schedule validated for it (``_e40``; none when the trial's own
     schedule stood), so no final model's file is ever another's.
     """
@@ -90,7 +92,7 @@ def retrain_full(
 ) -> Path:
     """Trains ``config`` afresh on all 60,000 training images; saves the weights at ``path``.
 
-    The recipe validated on the 55k/5k split (:mod:`fmnist_tuning.schedule`): the one-cycle
+    The recipe validated on the 55k/5k split (:mod:`fmnist_tuning.final.schedule`): the one-cycle
     schedule of ``schedule_epochs`` epochs, stopped after ``epochs`` epochs (its best on
     validation), from the trial's seed. Only the data differ: the 5,000 validation images are
     trained on too (so the batches, and the draws that shuffle and flip them, differ as well).
@@ -115,7 +117,7 @@ def wilson_interval(correct: int, n: int) -> tuple[float, float]:
 def score_on_test(model: Path, run: RunConfig) -> dict[str, Any]:
     """The one pass of a saved model over the official 10,000-image test set.
 
-    The model is read as any user reads it (:func:`fmnist_tuning.classifier.load_model`), so the
+    The model is read as any user reads it (:func:`fmnist_tuning.final.classifier.load_model`), so the
     score is that of the file a user gets.
 
     Returns:
@@ -200,7 +202,7 @@ def _final_model(
     """The stored result of the best trial's final model; trains and scores it the first time.
 
     Once per best trial, across machines: the model is made under the study's ``final`` lock (see
-    :func:`fmnist_tuning.locks.study_lock`), and whoever takes the lock reads the stored results
+    :func:`fmnist_tuning.cluster.locks.study_lock`), and whoever takes the lock reads the stored results
     again first, so a machine that waited for another uses that machine's model. A holder that
     dies frees the lock and the next machine in line makes the model. (A holder whose database
     connection drops during its test pass loses the lock; another machine may then score a model

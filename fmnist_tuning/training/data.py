@@ -1,6 +1,6 @@
 """The Fashion-MNIST DataModule: a seeded train/val split on the device, batched by indexing.
 
-The decoded images (:mod:`fmnist_tuning.raw`) are moved to the trial's device once per process and
+The decoded images (:mod:`fmnist_tuning.training.raw`) are moved to the trial's device once per process and
 shared by every trial; a batch is one index gather plus one normalisation, with a seeded
 permutation per epoch: no per-sample transforms, no DataLoader workers.
 """
@@ -15,7 +15,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from fmnist_tuning.raw import (
+from fmnist_tuning.training.raw import (
     CLASS_NAMES,
     IMAGE_SIDE,
     RawFashionMNIST,
@@ -205,7 +205,7 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         """Builds the on-device splits (shared by every trial of the process).
 
         No stage reads the official test set: the final model alone is scored on it, once,
-        through its own file (:func:`fmnist_tuning.final.score_on_test`).
+        through its own file (:func:`fmnist_tuning.final.finalize.score_on_test`).
         """
         self.splits = self._shared_splits()
         self.normalisation = (self.splits.mean, self.splits.std)
@@ -213,7 +213,7 @@ class FashionMNISTDataModule(pl.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """What a model needs beside its weights to classify raw images: the normalisation of its
         inputs and the class names. Lightning stores this in every checkpoint of a run with this
-        DataModule, so a final model's file stands alone (:mod:`fmnist_tuning.classifier`)."""
+        DataModule, so a final model's file stands alone (:mod:`fmnist_tuning.final.classifier`)."""
         if self.normalisation is None:
             return {}
         mean, std = self.normalisation

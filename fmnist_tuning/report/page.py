@@ -3,7 +3,7 @@
 ``report.html`` opens offline: plotly.js is embedded once and every PNG is inlined. The page is the
 Jinja2 template ``templates/report.html.j2``, fed the small dict :func:`page_context` makes from
 the study: its settings, the best trial, the final model's stored test result (the report never
-scores a model itself), every trial and Optuna's plots (:mod:`fmnist_tuning.plots`).
+scores a model itself), every trial and Optuna's plots (:mod:`fmnist_tuning.report.plots`).
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ import optuna
 from markupsafe import Markup
 from optuna.trial import FrozenTrial, TrialState
 
-from fmnist_tuning import front, plots
+from fmnist_tuning.cluster.storage import redact
 from fmnist_tuning.errors import DataError
 from fmnist_tuning.files import write_atomic
+from fmnist_tuning.final.results import count_test_passes, stored_result
 from fmnist_tuning.keys import EPOCHS, LATENCY_MS, PARAMS, PLOTS_DIR, REPORT_HTML, RUN_SETTINGS
-from fmnist_tuning.progress import count_states, feasible, format_duration, rungs, wall_time
-from fmnist_tuning.raw import CLASS_NAMES, N_CLASSES, load_test
-from fmnist_tuning.results import count_test_passes, stored_result
-from fmnist_tuning.storage import redact
+from fmnist_tuning.report import plots
+from fmnist_tuning.search import front
+from fmnist_tuning.search.progress import count_states, feasible, format_duration, rungs, wall_time
+from fmnist_tuning.training.raw import CLASS_NAMES, N_CLASSES, load_test
 
 log = logging.getLogger(__name__)
 

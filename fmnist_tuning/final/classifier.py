@@ -3,9 +3,9 @@
 Every checkpoint a run saves (each trial's best epoch, each final model) holds the network's
 architecture (the LightningModule's hyperparameters), its weights, and the DataModule's state: the
 mean and standard deviation its inputs were normalised with, and the class names
-(:meth:`fmnist_tuning.data.FashionMNISTDataModule.state_dict`). :func:`load_model` rebuilds the
+(:meth:`fmnist_tuning.training.data.FashionMNISTDataModule.state_dict`). :func:`load_model` rebuilds the
 network from that alone, on any machine with this package: no training data, no study, no
-storage. The final model's one test pass (:func:`fmnist_tuning.final.score_on_test`) runs through
+storage. The final model's one test pass (:func:`fmnist_tuning.final.finalize.score_on_test`) runs through
 the same object, so what a user loads classifies exactly as what was scored.
 """
 
@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from fmnist_tuning.data import FashionMNISTDataModule, normalise
 from fmnist_tuning.errors import ModelError, first_line
-from fmnist_tuning.model import MLP
-from fmnist_tuning.raw import CLASS_NAMES, N_FEATURES
+from fmnist_tuning.training.data import FashionMNISTDataModule, normalise
+from fmnist_tuning.training.model import MLP
+from fmnist_tuning.training.raw import CLASS_NAMES, N_FEATURES
 
 BATCH = 1_000  # images per forward pass: the test pass's batches, whatever the caller passes
 DATA_STATE = FashionMNISTDataModule.__qualname__  # where Lightning files the DataModule's state

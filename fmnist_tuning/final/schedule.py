@@ -17,11 +17,11 @@ from typing import Any
 import lightning.pytorch as pl
 from optuna.trial import FrozenTrial
 
-from fmnist_tuning.callbacks import ValHistory
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.keys import VAL_CURVE
-from fmnist_tuning.search_space import TrialConfig
-from fmnist_tuning.trainer import build_datamodule, build_module, build_trainer
+from fmnist_tuning.search.space import TrialConfig
+from fmnist_tuning.training.callbacks import ValHistory
+from fmnist_tuning.training.trainer import build_datamodule, build_module, build_trainer
 
 log = logging.getLogger(__name__)
 

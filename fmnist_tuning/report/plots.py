@@ -31,7 +31,7 @@ import optuna.visualization.matplotlib as vis_mpl
 
 from fmnist_tuning.files import write_atomic
 from fmnist_tuning.keys import RUN_SETTINGS
-from fmnist_tuning.raw import CLASS_NAMES, IMAGE_SIDE
+from fmnist_tuning.training.raw import CLASS_NAMES, IMAGE_SIDE
 
 log = logging.getLogger(__name__)
 

@@ -106,7 +106,7 @@ class TrialConfig:
     hidden_sizes: tuple[int, ...] = (1024, 640)  # width of each hidden layer
     dropout: float = 0.13  # dropout after every hidden activation
     batch_norm: bool = True  # BatchNorm1d after every hidden Linear
-    optimizer: str = "adamw"  # key of fmnist_tuning.model.OPTIMIZERS
+    optimizer: str = "adamw"  # key of fmnist_tuning.training.model.OPTIMIZERS
     lr: float = 8.5e-3  # learning rate of that optimizer (the peak of the one-cycle schedule)
     weight_decay: float = 5e-5  # L2 penalty (decoupled for AdamW)
     batch_size: int = 256  # training batch size
@@ -115,7 +115,7 @@ class TrialConfig:
     flip: bool = FLIP  # random horizontal flips of training images
 
     def model_kwargs(self) -> dict[str, Any]:
-        """Arguments of :class:`fmnist_tuning.model.FashionMNISTClassifier`."""
+        """Arguments of :class:`fmnist_tuning.training.model.FashionMNISTClassifier`."""
         kwargs = asdict(self)
         for data_only in ("batch_size", "flip"):
             kwargs.pop(data_only)

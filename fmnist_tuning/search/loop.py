@@ -20,18 +20,18 @@ from collections.abc import Iterator
 import optuna
 from optuna.trial import TrialState
 
-from fmnist_tuning.cleanup import Cleanup
+from fmnist_tuning.cluster.locks import FileLock, Lock, holding
+from fmnist_tuning.cluster.reconnect import raise_storage_unavailable
+from fmnist_tuning.cluster.storage import MAX_RETRY, journal_path
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.faults import Interrupted, NonFiniteLoss, defer_interrupts, raise_if_interrupted
-from fmnist_tuning.front import accuracy
 from fmnist_tuning.keys import CLAIM_LOCK, EPOCHS, WORKER
-from fmnist_tuning.locks import FileLock, Lock, holding
-from fmnist_tuning.objective import Objective
-from fmnist_tuning.progress import FINISHED, count_states, feasible, finished, log_trial
-from fmnist_tuning.reconnect import raise_storage_unavailable
 from fmnist_tuning.runtime import release_memory, spare_long_lived_objects
-from fmnist_tuning.storage import MAX_RETRY, journal_path
-from fmnist_tuning.study import claim_lock
+from fmnist_tuning.search.cleanup import Cleanup
+from fmnist_tuning.search.front import accuracy
+from fmnist_tuning.search.objective import Objective
+from fmnist_tuning.search.progress import FINISHED, count_states, feasible, finished, log_trial
+from fmnist_tuning.search.study import claim_lock
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def optimize(
     Every worker process, here or on other machines, may run this on the same study. Before each
     trial it counts the finished and running trials of the whole study, taking turns with the
     other processes of its output dir (a file lock) and with every other machine (the study's
-    lock, :func:`fmnist_tuning.study.claim_lock`), so ``n_trials`` is the study's exact total:
+    lock, :func:`fmnist_tuning.search.study.claim_lock`), so ``n_trials`` is the study's exact total:
     Optuna's ``MaxTrialsCallback`` alone would let every other worker finish one trial more. A trial
     whose loss turns NaN fails and is replaced; a killed worker's trial turns FAIL after the grace
     period and is queued again; while others still run trials this worker waits, in case one

@@ -6,13 +6,15 @@ from typing import Any
 
 import optuna
 
-from fmnist_tuning import budget, front, locks, search_space
+from fmnist_tuning.cluster import locks
+from fmnist_tuning.cluster.storage import open_storage, redact
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.errors import StudyError
 from fmnist_tuning.keys import RUN_SETTINGS, WORKER_SLOTS
-from fmnist_tuning.progress import count_states, finished
+from fmnist_tuning.search import budget, front
+from fmnist_tuning.search import space as search_space
+from fmnist_tuning.search.progress import count_states, finished
 from fmnist_tuning.settings import CHOICES
-from fmnist_tuning.storage import open_storage, redact
 
 SAMPLERS = CHOICES["sampler"]  # one list of the choices, also what the settings check accepts
 PRUNERS = CHOICES["pruner"]

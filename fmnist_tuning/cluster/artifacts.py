@@ -2,7 +2,7 @@
 
 Each complete trial uploads its best-epoch checkpoint (its artifact id is the trial's
 ``checkpoint_artifact`` attribute); beaten trials' copies are removed once each, as their local
-files are (:mod:`fmnist_tuning.cleanup`); the final model is uploaded too. A machine that lacks a file on its own disk downloads it. The store is
+files are (:mod:`fmnist_tuning.search.cleanup`); the final model is uploaded too. A machine that lacks a file on its own disk downloads it. The store is
 ``--artifact-store``: a folder (Optuna's ``FileSystemArtifactStore``; by default ``artifacts/`` in
 the output dir), ``s3://BUCKET`` (``Boto3ArtifactStore``, needs boto3) or ``gs://BUCKET``
 (``GCSArtifactStore``, needs google-cloud-storage).

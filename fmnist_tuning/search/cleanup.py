@@ -4,7 +4,7 @@ After every trial (and once more when the final model is made), the finished tri
 longer be chosen lose their checkpoints. Each stored copy is deleted once per study, across
 machines: the deletion is recorded as a study attribute (``checkpoint_removed <trial>``), which
 every machine reads before it asks the store. A store that raises on a key deleted meanwhile by
-another machine counts as done (:func:`fmnist_tuning.artifacts.remove`), so two machines that
+another machine counts as done (:func:`fmnist_tuning.cluster.artifacts.remove`), so two machines that
 race to delete one file cost one extra request, never a crash.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from fmnist_tuning import artifacts
+from fmnist_tuning.cluster import artifacts
 from fmnist_tuning.keys import CHECKPOINT_ARTIFACT, CHECKPOINT_REMOVED
-from fmnist_tuning.objective import checkpoint_path
+from fmnist_tuning.search.objective import checkpoint_path
 
 
 class Cleanup:

@@ -10,9 +10,10 @@ import logging
 import sys
 from pathlib import Path
 
-from fmnist_tuning import raw, runtime
+from fmnist_tuning import runtime
 from fmnist_tuning.errors import DataError
-from fmnist_tuning.progress import configure_logging
+from fmnist_tuning.search.progress import configure_logging
+from fmnist_tuning.training import raw
 
 
 def start(quiet: bool = False) -> None:

@@ -9,11 +9,11 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
-from fmnist_tuning.callbacks import KeepSignalHandlers
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.data import FashionMNISTDataModule
-from fmnist_tuning.model import FashionMNISTClassifier
-from fmnist_tuning.search_space import TrialConfig
+from fmnist_tuning.search.space import TrialConfig
+from fmnist_tuning.training.callbacks import KeepSignalHandlers
+from fmnist_tuning.training.data import FashionMNISTDataModule
+from fmnist_tuning.training.model import FashionMNISTClassifier
 
 
 def uses_gpu(accelerator: str) -> bool:
@@ -37,7 +37,7 @@ def build_trainer(
     Args:
         run: The study-wide settings (accelerator, ``max_epochs``, progress bars).
         callbacks: The run's callbacks; checkpointing is on when one is a ``ModelCheckpoint``.
-            :class:`~fmnist_tuning.callbacks.KeepSignalHandlers` is added to them.
+            :class:`~fmnist_tuning.training.callbacks.KeepSignalHandlers` is added to them.
         logger: Where metrics go (none by default).
         **overrides: Trainer arguments that replace these defaults (e.g. ``limit_val_batches``).
     """

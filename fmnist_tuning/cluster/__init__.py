@@ -1,0 +1,1 @@
+"""What lets many processes and machines share one study: storage, locks, artifacts."""

@@ -1,0 +1,1 @@
+"""The final model: schedule, retrain, the one test pass, stored results."""

@@ -1,0 +1,1 @@
+"""The study's report: figures and one self-contained HTML page."""

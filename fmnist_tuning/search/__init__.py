@@ -1,0 +1,1 @@
+"""The search: space, objective, study, trial loop, worker processes."""

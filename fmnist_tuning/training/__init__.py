@@ -1,0 +1,1 @@
+"""The ML core: data, network, Lightning pieces. Knows nothing of Optuna."""
