@@ -2,10 +2,10 @@
 
     python benchmarks/ablate.py --data-dir ../shared/data/fashion-mnist --seeds 0 1
 
-Every variant trains the documented starting configuration (``search_space.DEFAULT_PARAMS``, a new
+Every variant trains the documented starting configuration (``space.DEFAULT_PARAMS``, a new
 study's first trial) with the real objective, on the study's own seeded train/validation split, for
 ``--max-epochs`` epochs without pruning or early stopping, and changes one piece of the fixed recipe
-(``search_space.LABEL_SMOOTHING``, ``SCHEDULER``, ``FLIP``) or the configuration's hidden widths. The test set is never read. Prints, and
+(``space.LABEL_SMOOTHING``, ``SCHEDULER``, ``FLIP``) or the configuration's hidden widths. The test set is never read. Prints, and
 appends to ``--output`` (CSV), one row per (variant, seed): best validation accuracy, its epoch, the
 accuracy at the last epoch and the training time.
 """
@@ -32,7 +32,7 @@ from unittest import mock
 import optuna
 
 from fmnist_tuning.config import RunConfig, default_data_dir
-from fmnist_tuning.search import space as search_space
+from fmnist_tuning.search import space
 from fmnist_tuning.search.objective import Objective
 from fmnist_tuning.search.study import DIRECTION
 
@@ -48,7 +48,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     **{
         f"widths_{'_'.join(map(str, widths))}": {
             "DEFAULT_PARAMS": {
-                **search_space.DEFAULT_PARAMS,
+                **space.DEFAULT_PARAMS,
                 "n_layers": len(widths),
                 **{f"n_units_l{i}": w for i, w in enumerate(widths)},
             }
@@ -62,7 +62,7 @@ FIELDS = ("variant", "seed", "max_epochs", "best_val_acc", "best_epoch", "last_v
 def recipe(variant: str) -> contextlib.AbstractContextManager[Any]:
     """While entered, every trial the search space suggests follows ``variant``'s recipe."""
     changes = VARIANTS[variant]
-    return mock.patch.multiple(search_space, **changes) if changes else contextlib.nullcontext()
+    return mock.patch.multiple(space, **changes) if changes else contextlib.nullcontext()
 
 
 def run_variant(
@@ -79,7 +79,7 @@ def run_variant(
             early_stopping=max_epochs,  # never stops early: the whole curve is the result
         )
         study = optuna.create_study(direction=DIRECTION, pruner=optuna.pruners.NopPruner())
-        study.enqueue_trial(search_space.DEFAULT_PARAMS)
+        study.enqueue_trial(space.DEFAULT_PARAMS)
         start = time.perf_counter()
         study.optimize(Objective(run), n_trials=1)
         seconds = time.perf_counter() - start

@@ -72,11 +72,12 @@ from fmnist_tuning.config import RunConfig
 from fmnist_tuning.runtime import optimizer_options
 from fmnist_tuning.search.loop import optimize
 from fmnist_tuning.search.objective import Objective
-from fmnist_tuning.search.space import BATCH_SIZES, TrialConfig, suggest_config
+from fmnist_tuning.search.space import BATCH_SIZES, suggest_config
 from fmnist_tuning.search.study import load_or_create
 from fmnist_tuning.search.workers import cpu_cores
 from fmnist_tuning.training import data, raw
 from fmnist_tuning.training.model import MLP, OPTIMIZERS
+from fmnist_tuning.training.recipe import TrialConfig
 from fmnist_tuning.training.trainer import uses_bf16, uses_gpu
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -52,8 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/benchmark
 import benchmark
 
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.search.space import TrialConfig
 from fmnist_tuning.training.model import MLP, OPTIMIZERS
+from fmnist_tuning.training.recipe import TrialConfig
 
 
 def paired(on: Callable[[], float], off: Callable[[], float], repeats: int) -> dict[str, Any]:

@@ -34,8 +34,9 @@ from fmnist_tuning.final.results import stored_result
 from fmnist_tuning.keys import CHECKPOINT, RUN_SETTINGS
 from fmnist_tuning.search import front
 from fmnist_tuning.search.progress import configure_logging, summarize
-from fmnist_tuning.search.space import TrialConfig, suggest_config
+from fmnist_tuning.search.space import suggest_config
 from fmnist_tuning.settings import make_config
+from fmnist_tuning.training.recipe import TrialConfig
 
 if TYPE_CHECKING:  # imported where used: it imports Lightning, after runtime.setup_process
     from fmnist_tuning.final.classifier import Classifier

@@ -24,7 +24,7 @@ class RunConfig:
     n_trials: int | None = 500  # trials of the whole study (finished ones count on resume)
     timeout: float | None = None  # seconds after which no new trial starts
     max_epochs: int = 9  # epochs per trial at most (early stopping and pruning end many sooner)
-    sampler: str = "tpe"  # tpe (Bayesian), random, or grid (search_space.GRID)
+    sampler: str = "tpe"  # tpe (Bayesian), random, or grid (search.space.GRID)
     pruner: str = "asha"  # asha (successive halving), median (with warm-up), hyperband or none
     patience: int | None = None  # stop after this many finished trials without a new best
     seed: int = 0  # seeds the sampler, the train/val split, shuffles and weight init
@@ -40,7 +40,7 @@ class RunConfig:
     early_stopping: int = 4  # in-trial patience, in epochs without a better val accuracy
     val_size: int = 5_000  # images of the official training set held out for validation
     progress: bool = False  # per-epoch progress bars (off: one log line per trial)
-    warm_start: bool = True  # a new study's first trial is search_space.DEFAULT_PARAMS
+    warm_start: bool = True  # a new study's first trial is search.space.DEFAULT_PARAMS
     retrain: bool = True  # final model: the best configuration retrained on all 60k images
     test: bool = True  # make and score the final model; False: no final model, no test pass
     workers: int = 1  # worker processes on this machine sharing the study (1: run in this process)

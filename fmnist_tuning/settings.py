@@ -47,7 +47,7 @@ MAX_TIMEOUT = 365 * DAY
 ARTIFACT_SCHEMES = ("s3", "gs")  # the cloud artifact stores Optuna has (folders need none)
 STUDY_NAME_LENGTH = 512  # Optuna's study-name column
 TEXTS = ("study_name", "storage", "artifact_store")  # given as text: never empty or padded
-# 784*16 + 16 + 16*10 + 10: one hidden layer of the smallest width (search_space's 16), no BN.
+# 784*16 + 16 + 16*10 + 10: one hidden layer of the smallest width (search.space's 16), no BN.
 SMALLEST_NET_PARAMS = 12_730
 
 

@@ -10,7 +10,8 @@ from types import ModuleType
 import optuna
 import pytest
 
-from fmnist_tuning.search.space import DEFAULT_PARAMS, TrialConfig, suggest_config
+from fmnist_tuning.search.space import DEFAULT_PARAMS, suggest_config
+from fmnist_tuning.training.recipe import TrialConfig
 from tests.conftest import VAL_SIZE, load_script
 
 

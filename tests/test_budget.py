@@ -28,9 +28,10 @@ from fmnist_tuning.keys import (
 from fmnist_tuning.search.budget import count_params
 from fmnist_tuning.search.front import RULE_BUDGET, RULE_KNEE, choose
 from fmnist_tuning.search.loop import optimize
-from fmnist_tuning.search.space import BUDGET_UNITS_RANGE, DEFAULT_PARAMS, TrialConfig
+from fmnist_tuning.search.space import BUDGET_UNITS_RANGE, DEFAULT_PARAMS
 from fmnist_tuning.search.study import load_or_create
 from fmnist_tuning.settings import SMALLEST_NET_PARAMS
+from fmnist_tuning.training.recipe import TrialConfig
 from fmnist_tuning.training.trainer import build_module
 from tests.processes import tune_args
 

@@ -22,9 +22,10 @@ from fmnist_tuning.final.classifier import load_model
 from fmnist_tuning.keys import FINAL_CURRENT, FINAL_MODEL, FINAL_MODELS, REPORT_HTML, TEST_PASS
 from fmnist_tuning.report.page import TEST_PASSES_ROW
 from fmnist_tuning.search.loop import optimize
-from fmnist_tuning.search.space import DEFAULT_PARAMS, TrialConfig
+from fmnist_tuning.search.space import DEFAULT_PARAMS
 from fmnist_tuning.search.study import load_or_create
 from fmnist_tuning.training.raw import load_test
+from fmnist_tuning.training.recipe import TrialConfig
 from tests.conftest import N_TEST, N_TRAIN, VAL_SIZE, load_script
 from tests.processes import tune_args
 

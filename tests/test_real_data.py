@@ -9,8 +9,8 @@ import pytest
 
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.keys import VAL_ACC
-from fmnist_tuning.search.space import TrialConfig
 from fmnist_tuning.training import data, raw
+from fmnist_tuning.training.recipe import TrialConfig
 from fmnist_tuning.training.trainer import build_datamodule, build_module, build_trainer
 
 pytestmark = pytest.mark.real_data

@@ -22,8 +22,9 @@ from fmnist_tuning.keys import FINAL_MODEL, REPORT_HTML, RUN_SETTINGS
 from fmnist_tuning.report import plots
 from fmnist_tuning.report.page import TEMPLATES, write_report
 from fmnist_tuning.search.progress import log_trial
-from fmnist_tuning.search.space import TrialConfig, suggest_config
+from fmnist_tuning.search.space import suggest_config
 from fmnist_tuning.training.raw import CLASS_NAMES, load_test
+from fmnist_tuning.training.recipe import TrialConfig
 from fmnist_tuning.training.trainer import build_datamodule, build_module, build_trainer
 from tests.conftest import N_TEST, VAL_SIZE, load_script
 

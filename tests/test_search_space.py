@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import optuna
 import pytest
 
-from fmnist_tuning.search.space import DEFAULT_PARAMS, GRID, TrialConfig, suggest_config
+from fmnist_tuning.search.space import DEFAULT_PARAMS, GRID, suggest_config
+from fmnist_tuning.training.recipe import TrialConfig
 
 PARAMS = {
     "n_layers": 2,

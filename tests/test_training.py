@@ -21,10 +21,11 @@ from fmnist_tuning.final.schedule import best_epoch
 from fmnist_tuning.keys import VAL_ACC, VAL_CURVE
 from fmnist_tuning.search import loop, objective, progress
 from fmnist_tuning.search.loop import optimize
-from fmnist_tuning.search.space import DEFAULT_PARAMS, TrialConfig
+from fmnist_tuning.search.space import DEFAULT_PARAMS
 from fmnist_tuning.search.study import load_or_create, make_pruner
 from fmnist_tuning.training import trainer
 from fmnist_tuning.training.model import OPTIMIZERS
+from fmnist_tuning.training.recipe import TrialConfig
 from fmnist_tuning.training.trainer import build_datamodule, build_module, build_trainer
 from tests.conftest import FakeClock
 

@@ -61,9 +61,10 @@ from fmnist_tuning.search.cleanup import Cleanup
 from fmnist_tuning.search.loop import worker_id
 from fmnist_tuning.search.objective import checkpoint_path
 from fmnist_tuning.search.progress import feasible
-from fmnist_tuning.search.space import TrialConfig, suggest_config
+from fmnist_tuning.search.space import suggest_config
 from fmnist_tuning.training.callbacks import StopAfterEpochs
 from fmnist_tuning.training.raw import N_CLASSES, load_test
+from fmnist_tuning.training.recipe import TrialConfig
 from fmnist_tuning.training.trainer import build_datamodule, build_module, build_trainer
 
 log = logging.getLogger(__name__)

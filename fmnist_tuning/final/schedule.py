@@ -19,8 +19,8 @@ from optuna.trial import FrozenTrial
 
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.keys import VAL_CURVE
-from fmnist_tuning.search.space import TrialConfig
 from fmnist_tuning.training.callbacks import ValHistory
+from fmnist_tuning.training.recipe import TrialConfig
 from fmnist_tuning.training.trainer import build_datamodule, build_module, build_trainer
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import torch
 
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.keys import FAIL_REASON, LATENCY_MS, PARAMS
-from fmnist_tuning.search.space import TrialConfig
+from fmnist_tuning.training.recipe import TrialConfig
 from fmnist_tuning.training.trainer import build_module
 
 LATENCY_REPEATS = 50  # timed forward passes of one image; their median is the latency

@@ -36,8 +36,9 @@ from fmnist_tuning.keys import (
     trial_name,
 )
 from fmnist_tuning.search import budget, front
-from fmnist_tuning.search.space import TrialConfig, suggest_config
+from fmnist_tuning.search.space import suggest_config
 from fmnist_tuning.training.callbacks import TrialGuard, ValHistory
+from fmnist_tuning.training.recipe import TrialConfig
 from fmnist_tuning.training.trainer import build_datamodule, build_module, build_trainer
 
 DataModuleFactory = Callable[[TrialConfig, RunConfig], pl.LightningDataModule]

@@ -1,7 +1,8 @@
 """The search space: the only place that calls ``trial.suggest_*``.
 
-A trial becomes a frozen :class:`TrialConfig`; everything downstream (model, data, trainer) takes that
-dataclass, so a single hand-made training run and a tuning trial share one code path.
+A trial becomes a frozen :class:`~fmnist_tuning.training.recipe.TrialConfig`; everything downstream
+(model, data, trainer) takes that dataclass, so a single hand-made training run and a tuning trial
+share one code path.
 
 Ranges (chosen so that the trials with the best validation accuracies so far lie well inside them,
 not at an edge):
@@ -20,12 +21,7 @@ not at an edge):
 Each optimizer has its own learning-rate parameter (the "optimizer pair"), because a good SGD rate
 is 10-100x a good Adam rate: one shared range would waste most samples on one side or the other.
 
-Fixed for every trial (not searched, so that trials go to the network itself): a one-cycle
-learning-rate schedule over ``--max-epochs`` (warm-up, then annealing: a short budget ends on a low
-rate instead of mid-noise), label smoothing 0.1, and random horizontal flips of training images on
-the device (garments are left-right symmetric). Each was kept because the starting configuration
-lost validation accuracy without it (``benchmarks/ablate.py``; figures in docs/benchmarks.md, "The
-fixed recipe, decided on validation"). Widths start at 128 and
+Every trial shares the fixed recipe of :mod:`fmnist_tuning.training.recipe`. Widths start at 128 and
 batches at 128 because smaller ones lose accuracy and, on a CPU, cost more time per epoch. Widths
 end at 1024 because wider layers cost far more time per epoch than they gain in validation
 accuracy within the search's budget: given up to 2048, TPE spent its study on two-layer nets of
@@ -36,11 +32,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, distribution_to_json
+
+# Imported into this module, so that a measurement can patch the recipe a trial gets here.
+from fmnist_tuning.training.recipe import FLIP, LABEL_SMOOTHING, SCHEDULER, TrialConfig
 
 LR_RANGES: dict[str, tuple[float, float]] = {
     "adam": (1e-4, 1e-2),
@@ -54,9 +52,6 @@ UNITS_RANGE = (128, 1024)
 # alone has 100k weights, so a tight budget would otherwise leave no network to train.
 BUDGET_UNITS_RANGE = (16, 1024)
 BATCH_SIZES = (128, 256, 512)
-LABEL_SMOOTHING = 0.1
-SCHEDULER = "onecycle"
-FLIP = True
 
 # A strong, documented starting point, run as a new study's first trial (``enqueue_trial``) so the
 # sampler and the pruner have a good reference from trial 0: 784-1024-640-10 with batch norm and
@@ -95,41 +90,6 @@ GRID: dict[str, list[Any]] = {
 }
 
 
-@dataclass(frozen=True)
-class TrialConfig:
-    """One fully specified training run.
-
-    The defaults are the documented starting configuration, :data:`DEFAULT_PARAMS`, with the fixed
-    recipe every trial shares: ``TrialConfig()`` trains exactly what a new study's first trial does.
-    """
-
-    hidden_sizes: tuple[int, ...] = (1024, 640)  # width of each hidden layer
-    dropout: float = 0.13  # dropout after every hidden activation
-    batch_norm: bool = True  # BatchNorm1d after every hidden Linear
-    optimizer: str = "adamw"  # key of fmnist_tuning.training.model.OPTIMIZERS
-    lr: float = 8.5e-3  # learning rate of that optimizer (the peak of the one-cycle schedule)
-    weight_decay: float = 5e-5  # L2 penalty (decoupled for AdamW)
-    batch_size: int = 256  # training batch size
-    label_smoothing: float = LABEL_SMOOTHING  # fixed, not searched: see the module docstring
-    scheduler: str = SCHEDULER  # learning-rate schedule over the planned epochs (none, onecycle)
-    flip: bool = FLIP  # random horizontal flips of training images
-
-    def model_kwargs(self) -> dict[str, Any]:
-        """Arguments of :class:`fmnist_tuning.training.model.FashionMNISTClassifier`."""
-        kwargs = asdict(self)
-        for data_only in ("batch_size", "flip"):
-            kwargs.pop(data_only)
-        kwargs["hidden_sizes"] = list(self.hidden_sizes)
-        return kwargs
-
-    def flat(self) -> dict[str, Any]:
-        """Scalar view for loggers (TensorBoard's HParams tab takes no lists)."""
-        flat = asdict(self)
-        flat["hidden_sizes"] = "-".join(map(str, self.hidden_sizes))
-        flat["n_layers"] = len(self.hidden_sizes)
-        return flat
-
-
 def suggest_config(
     trial: optuna.Trial | optuna.trial.FixedTrial, small_widths: bool = False
 ) -> TrialConfig:
@@ -158,11 +118,6 @@ def suggest_config(
         scheduler=SCHEDULER,
         flip=FLIP,
     )
-
-
-def recipe() -> dict[str, Any]:
-    """The fixed recipe every trial shares (not searched): bound to a study, like its ranges."""
-    return {"label_smoothing": LABEL_SMOOTHING, "scheduler": SCHEDULER, "flip": FLIP}
 
 
 def distributions(small_widths: bool = False) -> dict[str, BaseDistribution]:

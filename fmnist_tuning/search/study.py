@@ -11,10 +11,10 @@ from fmnist_tuning.cluster.storage import open_storage, redact
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.errors import StudyError
 from fmnist_tuning.keys import RUN_SETTINGS, WORKER_SLOTS
-from fmnist_tuning.search import budget, front
-from fmnist_tuning.search import space as search_space
+from fmnist_tuning.search import budget, front, space
 from fmnist_tuning.search.progress import count_states, finished
 from fmnist_tuning.settings import CHOICES
+from fmnist_tuning.training import recipe
 
 SAMPLERS = CHOICES["sampler"]  # one list of the choices, also what the settings check accepts
 PRUNERS = CHOICES["pruner"]
@@ -42,7 +42,7 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
-        return optuna.samplers.GridSampler(search_space.GRID, seed=seed)
+        return optuna.samplers.GridSampler(space.GRID, seed=seed)
     if name == "nsga2":  # a genetic algorithm, Optuna's usual choice for Pareto fronts
         return optuna.samplers.NSGAIISampler(seed=seed)
     raise StudyError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
@@ -101,8 +101,8 @@ def run_settings(run: RunConfig) -> dict[str, Any]:
         "seed": run.seed,
         "val_size": run.val_size,
         "max_epochs": run.max_epochs,
-        "search_space": search_space.fingerprint(run.small_widths),
-        "recipe": search_space.recipe(),
+        "search_space": space.fingerprint(run.small_widths),
+        "recipe": recipe.recipe(),
         "max_params": run.max_params,
         "max_latency_ms": run.max_latency_ms,
         "early_stopping": run.early_stopping,
@@ -116,7 +116,7 @@ def run_settings(run: RunConfig) -> dict[str, Any]:
 
 def _check_trials_fit(study: optuna.Study, where: str, small_widths: bool) -> None:
     """For a study that recorded no settings (made by hand): its trials must fit the space."""
-    current = search_space.distributions(small_widths)
+    current = space.distributions(small_widths)
     for t in study.get_trials(deepcopy=False):
         for name, distribution in t.distributions.items():
             if current.get(name) != distribution:
@@ -216,7 +216,7 @@ def load_or_create(run: RunConfig, slot: int = 0) -> optuna.Study:
     with locks.holding(claim_lock(run, study.study_name), None, poll=0.2):
         _check_settings(study, run)
         if start and not study.trials:
-            study.enqueue_trial(search_space.DEFAULT_PARAMS)
+            study.enqueue_trial(space.DEFAULT_PARAMS)
     return study
 
 

@@ -10,10 +10,10 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.search.space import TrialConfig
 from fmnist_tuning.training.callbacks import KeepSignalHandlers
 from fmnist_tuning.training.data import FashionMNISTDataModule
 from fmnist_tuning.training.model import FashionMNISTClassifier
+from fmnist_tuning.training.recipe import TrialConfig
 
 
 def uses_gpu(accelerator: str) -> bool:
