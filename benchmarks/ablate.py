@@ -34,7 +34,7 @@ import optuna
 from fmnist_tuning.config import RunConfig, default_data_dir
 from fmnist_tuning.search import space
 from fmnist_tuning.search.objective import Objective
-from fmnist_tuning.search.study import DIRECTION
+from fmnist_tuning.search.sampling import DIRECTION
 
 # Variant name → the recipe constants it changes (``base`` changes nothing).
 VARIANTS: dict[str, dict[str, Any]] = {

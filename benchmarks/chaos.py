@@ -51,7 +51,7 @@ from fmnist_tuning.keys import (
     WORKER,
     trial_name,
 )
-from fmnist_tuning.search.progress import FINISHED
+from fmnist_tuning.search.states import FINISHED
 from fmnist_tuning.search.study import load_or_create, reserve_worker_slots
 from fmnist_tuning.search.workers import Job, Workers
 

@@ -42,8 +42,8 @@ import optuna
 from fmnist_tuning.config import RunConfig, default_data_dir
 from fmnist_tuning.files import write_csv
 from fmnist_tuning.search.objective import Objective
+from fmnist_tuning.search.sampling import DIRECTION, make_sampler
 from fmnist_tuning.search.space import GRID
-from fmnist_tuning.search.study import DIRECTION, make_sampler
 
 SAMPLERS = ("grid", "random", "tpe")
 COLORS = {"grid": "tab:gray", "random": "tab:blue", "tpe": "tab:orange"}

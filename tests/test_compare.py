@@ -9,8 +9,8 @@ from types import ModuleType
 import optuna
 import pytest
 
+from fmnist_tuning.search.sampling import make_sampler
 from fmnist_tuning.search.space import GRID, suggest_config
-from fmnist_tuning.search.study import make_sampler
 from tests.conftest import VAL_SIZE, load_script
 
 

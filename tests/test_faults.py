@@ -24,8 +24,9 @@ from fmnist_tuning.config import RunConfig
 from fmnist_tuning.final import finalize as final
 from fmnist_tuning.keys import CHECKPOINT_DIR, RUN_SETTINGS
 from fmnist_tuning.search import objective
+from fmnist_tuning.search.binding import run_settings
 from fmnist_tuning.search.loop import optimize
-from fmnist_tuning.search.study import load_or_create, run_settings
+from fmnist_tuning.search.study import load_or_create
 from tests.conftest import VAL_SIZE
 from tests.processes import FINISHED, Tune, started, tune_args, wait_for
 

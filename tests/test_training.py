@@ -19,10 +19,11 @@ from fmnist_tuning import runtime
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.final.schedule import best_epoch
 from fmnist_tuning.keys import VAL_ACC, VAL_CURVE
-from fmnist_tuning.search import loop, objective, progress
+from fmnist_tuning.search import loop, objective, progress, states
 from fmnist_tuning.search.loop import optimize
+from fmnist_tuning.search.sampling import make_pruner
 from fmnist_tuning.search.space import DEFAULT_PARAMS
-from fmnist_tuning.search.study import load_or_create, make_pruner
+from fmnist_tuning.search.study import load_or_create
 from fmnist_tuning.training import trainer
 from fmnist_tuning.training.model import OPTIMIZERS
 from fmnist_tuning.training.recipe import TrialConfig
@@ -120,7 +121,7 @@ def test_successive_halving_stops_a_trial_at_its_first_rung_when_rivals_did_bett
     trial = _after_rivals(run, BAD, rung_value=0.9)  # BAD is near chance after two epochs
     assert trial.state == TrialState.PRUNED
     assert trial.user_attrs["epochs"] == 2  # the first rung: after the second epoch
-    assert progress.rungs(trial) == 1
+    assert states.rungs(trial) == 1
     assert "rung=1" in progress.describe(trial)
 
 
@@ -131,7 +132,7 @@ def test_successive_halving_lets_the_best_at_a_rung_train_on_to_the_full_budget(
     trial = _after_rivals(run, GOOD, rung_value=0.0)  # the top third at the rung: promoted
     assert trial.state == TrialState.COMPLETE
     assert trial.user_attrs["epochs"] == 5  # through the second rung (after epoch 4) to the end
-    assert progress.rungs(trial) == 2
+    assert states.rungs(trial) == 2
 
 
 def test_successive_halving_never_prunes_a_trial_at_its_last_epoch(run_config: RunConfig) -> None:

@@ -60,8 +60,8 @@ from fmnist_tuning.search import front
 from fmnist_tuning.search.cleanup import Cleanup
 from fmnist_tuning.search.loop import worker_id
 from fmnist_tuning.search.objective import checkpoint_path
-from fmnist_tuning.search.progress import feasible
 from fmnist_tuning.search.space import suggest_config
+from fmnist_tuning.search.states import feasible
 from fmnist_tuning.training.callbacks import StopAfterEpochs
 from fmnist_tuning.training.raw import N_CLASSES, load_test
 from fmnist_tuning.training.recipe import TrialConfig

@@ -27,7 +27,8 @@ from fmnist_tuning.final.results import count_test_passes, stored_result
 from fmnist_tuning.keys import EPOCHS, LATENCY_MS, PARAMS, PLOTS_DIR, REPORT_HTML, RUN_SETTINGS
 from fmnist_tuning.report import plots
 from fmnist_tuning.search import front
-from fmnist_tuning.search.progress import count_states, feasible, format_duration, rungs, wall_time
+from fmnist_tuning.search.progress import format_duration
+from fmnist_tuning.search.states import count_states, feasible, rungs, wall_time
 from fmnist_tuning.training.raw import CLASS_NAMES, N_CLASSES, load_test
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,8 @@ from fmnist_tuning.runtime import release_memory, spare_long_lived_objects
 from fmnist_tuning.search.cleanup import Cleanup
 from fmnist_tuning.search.front import accuracy
 from fmnist_tuning.search.objective import Objective
-from fmnist_tuning.search.progress import FINISHED, count_states, feasible, finished, log_trial
+from fmnist_tuning.search.progress import log_trial
+from fmnist_tuning.search.states import FINISHED, count_states, feasible, finished
 from fmnist_tuning.search.study import claim_lock
 
 log = logging.getLogger(__name__)

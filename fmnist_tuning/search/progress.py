@@ -5,29 +5,15 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections import Counter
-from datetime import datetime
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from fmnist_tuning.faults import Interrupted, TrialFailure
 from fmnist_tuning.keys import EPOCHS, LATENCY_MS, PARAMS
+from fmnist_tuning.search.states import FINISHED, count_states, feasible, finished, rungs
 
 log = logging.getLogger("fmnist_tuning")
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what counts towards --n-trials
-RUNG_PREFIX = "completed_rung_"  # Optuna's successive halving: the trial's value at a rung
-
-
-def count_states(study: optuna.Study) -> Counter[TrialState]:
-    """How many of the study's trials are in each state (all workers' trials)."""
-    return Counter(t.state for t in study.get_trials(deepcopy=False))
-
-
-def finished(counts: Counter[TrialState]) -> int:
-    """Trials that count towards the study's total: complete and pruned."""
-    return sum(counts[state] for state in FINISHED)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -36,13 +22,6 @@ def format_duration(seconds: float | None) -> str:
         return "-"
     minutes, secs = divmod(max(round(seconds), 0), 60)
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{secs:02d}s"
-
-
-def wall_time(trials: list[FrozenTrial]) -> float | None:
-    """Seconds from the first trial's start to the last trial's end."""
-    starts: list[datetime] = [t.datetime_start for t in trials if t.datetime_start]
-    ends: list[datetime] = [t.datetime_complete for t in trials if t.datetime_complete]
-    return (max(ends) - min(starts)).total_seconds() if starts and ends else None
 
 
 def _best(study: optuna.Study, label: str = "best val_acc") -> str:
@@ -65,16 +44,6 @@ def summarize(study: optuna.Study) -> str:
         f"study {study.study_name!r}: {finished(counts)} finished trials "
         f"({states or 'none'}); {_best(study)}"
     )
-
-
-def rungs(trial: FrozenTrial) -> int | None:
-    """How many successive-halving rungs scored the trial (``--pruner asha`` or hyperband).
-
-    The pruner records a trial's value at each rung it reaches (``completed_rung_<k>``); a pruned
-    trial stopped at its last one. None under a pruner without rungs (median, none).
-    """
-    reached = sum(key.startswith(RUNG_PREFIX) for key in trial.system_attrs)
-    return reached or None
 
 
 def describe(trial: FrozenTrial) -> str:
@@ -100,11 +69,6 @@ def size(trial: FrozenTrial) -> str:
     if (latency := trial.user_attrs.get(LATENCY_MS)) is not None:
         parts.append(f"latency={latency:.3f}ms")
     return " ".join(parts)
-
-
-def feasible(trial: FrozenTrial) -> bool:
-    """Whether the trial fits every budget it was held to (a trial without budgets does)."""
-    return all(value <= 0 for value in trial.constraints.values())
 
 
 def log_trial(
