@@ -102,7 +102,7 @@ def _result(study: optuna.Study, config: RunConfig, trial: int | None = None) ->
     final = stored_result(study, best.number) if config.test else None  # --no-test: not shown
     if final is not None:
         from fmnist_tuning.cluster.artifacts import open_store
-        from fmnist_tuning.final.finalize import local_model
+        from fmnist_tuning.final.retrain import local_model
 
         # Made on another machine: copied from the artifact store into this output dir.
         checkpoint: Path | None = local_model(final, config, open_store(config))

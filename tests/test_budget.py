@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from fmnist_tuning.api import load_result
 from fmnist_tuning.cli import main
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.final import finalize as final
+from fmnist_tuning.final import finalize
 from fmnist_tuning.keys import (
     EPOCHS,
     LATENCY_MS,
@@ -67,7 +67,7 @@ def test_a_parameter_budget_stops_bigger_nets_before_they_train(run_config: RunC
     assert small.state == TrialState.COMPLETE and small.user_attrs[PARAMS] <= run.max_params
     assert small.constraints[PARAMS] <= 0
 
-    result = final.finalize(study, run)
+    result = finalize.finalize(study, run)
     assert result is not None and result["trial"] == small.number
     assert result["budget"] == {"max_params": 50_000, "max_latency_ms": None}
     assert result["feasible"] and result["n_params"] == small.user_attrs[PARAMS]

@@ -17,7 +17,7 @@ import fmnist_tuning
 from fmnist_tuning.cluster import artifacts
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.errors import SettingsError, StudyError
-from fmnist_tuning.final import finalize as final
+from fmnist_tuning.final import finalize
 from fmnist_tuning.keys import CHECKPOINT_ARTIFACT
 from fmnist_tuning.search.cleanup import Cleanup
 from fmnist_tuning.search.loop import optimize
@@ -158,6 +158,6 @@ def test_the_retrain_needs_no_trial_checkpoint_and_only_no_retrain_fetches_one(
     store.remove(study.best_trial.user_attrs[CHECKPOINT_ARTIFACT])
     checkpoint_path(run.output_dir, 0).unlink()  # the trial's weights, gone from everywhere
     with pytest.raises(StudyError, match="checkpoint"):
-        final.finalize(study, dataclasses.replace(run, retrain=False))
-    result = final.finalize(study, run)
+        finalize.finalize(study, dataclasses.replace(run, retrain=False))
+    result = finalize.finalize(study, run)
     assert result is not None and result["retrained_on_full_train"]

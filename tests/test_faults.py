@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from fmnist_tuning.cli import main
 from fmnist_tuning.cluster.reconnect import StorageUnavailable
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.final import finalize as final
+from fmnist_tuning.final import retrain
 from fmnist_tuning.keys import CHECKPOINT_DIR, RUN_SETTINGS
 from fmnist_tuning.search import objective
 from fmnist_tuning.search.binding import run_settings
@@ -88,14 +88,14 @@ def test_signal_during_the_final_retrain_exits_128_plus_signal_and_keeps_the_tri
             if trainer.global_step == 1:
                 os.kill(os.getpid(), signum)
 
-    build_trainer = final.build_trainer
+    build_trainer = retrain.build_trainer
 
     def retrain_gets_a_signal(run: RunConfig, *args: Any, **kwargs: Any) -> pl.Trainer:
         if kwargs.get("limit_val_batches") == 0:  # retrain_full's Trainer
             kwargs["callbacks"] = [*kwargs.get("callbacks", []), SignalOnSecondBatch()]
         return build_trainer(run, *args, **kwargs)
 
-    monkeypatch.setattr(final, "build_trainer", retrain_gets_a_signal)
+    monkeypatch.setattr(retrain, "build_trainer", retrain_gets_a_signal)
     out = tmp_path / "out"
     assert main(tune_args(fake_data_dir, out, "--n-trials", "1", "--no-warm-start")) == 128 + signum
 

@@ -16,8 +16,7 @@ from lightning.pytorch.callbacks import Callback
 import fmnist_tuning
 from fmnist_tuning.cli import main
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.final import finalize as final
-from fmnist_tuning.final import results
+from fmnist_tuning.final import finalize, once, results, retrain, schedule, scoring
 from fmnist_tuning.final.classifier import load_model
 from fmnist_tuning.keys import FINAL_CURRENT, FINAL_MODEL, FINAL_MODELS, REPORT_HTML, TEST_PASS
 from fmnist_tuning.report.page import TEST_PASSES_ROW
@@ -35,14 +34,14 @@ def _trial(curve: list[float]) -> optuna.trial.FrozenTrial:
 
 
 def test_the_95_percent_interval_of_an_accuracy_on_10000_images() -> None:
-    low, high = final.wilson_interval(9127, 10_000)
+    low, high = scoring.wilson_interval(9127, 10_000)
     assert (round(low, 4), round(high, 4)) == (0.9070, 0.9181)  # worked out by hand
-    assert final.wilson_interval(100, 100)[1] == 1.0
+    assert scoring.wilson_interval(100, 100)[1] == 1.0
 
 
 def test_the_best_epoch_is_the_first_epoch_of_the_best_validation_accuracy() -> None:
-    assert final.best_epoch(_trial([0.5, 0.8, 0.7, 0.8, 0.6])) == 2
-    assert final.best_epoch(_trial([0.9])) == 1
+    assert retrain.best_epoch(_trial([0.5, 0.8, 0.7, 0.8, 0.6])) == 2
+    assert retrain.best_epoch(_trial([0.9])) == 1
 
 
 class _Spy(Callback):
@@ -72,14 +71,14 @@ class _Spy(Callback):
 def _spy_on_the_retrain(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """What the retrain's Trainer did, filled in once ``final`` builds and runs it."""
     seen: dict[str, Any] = {}
-    build = final.build_trainer
+    build = retrain.build_trainer
 
     def spying(*args: Any, **kwargs: Any) -> pl.Trainer:
         if kwargs.get("limit_val_batches") == 0:  # the retrain's Trainer
             kwargs["callbacks"] = [*kwargs.get("callbacks", []), _Spy(seen)]
         return build(*args, **kwargs)
 
-    monkeypatch.setattr(final, "build_trainer", spying)
+    monkeypatch.setattr(retrain, "build_trainer", spying)
     return seen
 
 
@@ -100,9 +99,9 @@ def test_the_retrain_follows_the_trials_schedule_and_stops_at_its_best_epoch(
     run = dataclasses.replace(run_config, n_trials=1, max_epochs=5, early_stopping=1)
     study = _one_trial_study(run)
     seen = _spy_on_the_retrain(monkeypatch)
-    result = final.finalize(study, run)
+    result = finalize.finalize(study, run)
     assert result is not None
-    best = final.best_epoch(study.best_trial)
+    best = retrain.best_epoch(study.best_trial)
     assert seen["epochs"] == best == result["final_epochs"]  # stopped where the trial peaked
     assert seen["max_epochs"] == run.max_epochs == result["schedule_epochs"]
     assert seen["schedule_steps"] == run.max_epochs * seen["batches"]  # the trial's schedule length
@@ -123,13 +122,13 @@ def test_one_final_model_and_one_test_pass_per_best_trial_whatever_the_final_set
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     passes: list[Path] = []
-    score = final.score_on_test
+    score = scoring.score_on_test
 
     def counting(model: Path, run: RunConfig) -> dict[str, Any]:
         passes.append(model)
         return score(model, run)
 
-    monkeypatch.setattr(final, "score_on_test", counting)
+    monkeypatch.setattr(once, "score_on_test", counting)
     out = tmp_path / "out"
     storage = f"sqlite:///{out / 'study.db'}"
     args = tune_args(fake_data_dir, out, "--n-trials", "2", "--max-epochs", "2")
@@ -160,7 +159,7 @@ def test_one_final_model_and_one_test_pass_per_best_trial_whatever_the_final_set
 
     best = json.loads((out / "best.json").read_text())
     assert best["test_passes"] == 1
-    scored = final.final_path(out, best["trial"])  # the file scored, moved into place once stored
+    scored = retrain.final_path(out, best["trial"])  # the file scored, moved into place once stored
     assert best["retrained_on_full_train"] and best["checkpoint"] == str(scored.resolve())
     assert scored.is_file() and not passes[0].exists()
     (result,) = [v for k, v in _final_attrs(storage).items() if k.startswith(FINAL_MODEL)]
@@ -247,14 +246,12 @@ def test_a_lost_lock_yields_to_the_result_another_machine_stored_meanwhile(
     key = results.model_key(0, retrained=True)
     theirs = {"trial": 0, "test_acc": 0.5, "model": "on the other machine"}
     lock = _DroppingLock(drop_at, lambda: results.store_model(study, key, theirs))
-    monkeypatch.setattr(final.locks, "study_lock", lambda *args: lock)
+    monkeypatch.setattr(once.locks, "study_lock", lambda *args: lock)
     passes: list[Path] = []
-    score = final.score_on_test
-    monkeypatch.setattr(final, "score_on_test", lambda m, r: passes.append(m) or score(m, r))
+    score = scoring.score_on_test
+    monkeypatch.setattr(once, "score_on_test", lambda m, r: passes.append(m) or score(m, r))
 
-    assert (
-        final._final_model(study, study.best_trial, run, final.artifacts.open_store(run)) == theirs
-    )
+    assert once.final_model(study, study.best_trial, run, once.artifacts.open_store(run)) == theirs
     assert results.stored_model(study, key) == theirs  # the first result stored counts
     assert len(passes) == drop_at - 1  # dropped before the test pass: no pass at all
     assert not list((run.output_dir / "checkpoints").glob("*final*"))  # no unscored final model
@@ -292,8 +289,8 @@ def test_the_final_schedule_is_the_one_with_the_higher_validation_accuracy(
         asked.append(schedule_epochs)
         return longer_curve
 
-    monkeypatch.setattr(final.schedule, "validation_curve", curve)
-    choice = final.schedule.choose(trial, TrialConfig(), run)
+    monkeypatch.setattr(schedule, "validation_curve", curve)
+    choice = schedule.choose(trial, TrialConfig(), run)
     assert asked == [4]
     assert [(c["schedule_epochs"], c["epochs"], c["val_acc"]) for c in choice["candidates"]] == [
         (2, 2, 0.8),
@@ -306,9 +303,9 @@ def test_the_final_schedule_is_the_one_with_the_higher_validation_accuracy(
 def test_no_longer_schedule_is_tried_when_final_epochs_is_not_longer(
     run_config: RunConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(final.schedule, "validation_curve", None)  # would fail if called
+    monkeypatch.setattr(schedule, "validation_curve", None)  # would fail if called
     run = dataclasses.replace(run_config, max_epochs=4, final_epochs=4)
-    choice = final.schedule.choose(_trial([0.7, 0.8, 0.75]), TrialConfig(), run)
+    choice = schedule.choose(_trial([0.7, 0.8, 0.75]), TrialConfig(), run)
     assert (choice["chosen"], len(choice["candidates"])) == (0, 1)
 
 
@@ -318,7 +315,7 @@ def test_the_final_model_trains_the_schedule_validation_chose_and_best_json_reco
     run = dataclasses.replace(run_config, n_trials=1, max_epochs=2, final_epochs=4)
     study = _one_trial_study(run)
     seen = _spy_on_the_retrain(monkeypatch)
-    result = final.finalize(study, run)
+    result = finalize.finalize(study, run)
     assert result is not None
     choice = result["final_schedule"]
     assert [len(c["curve"]) for c in choice["candidates"]] == [2, 4]  # a real 4-epoch run

@@ -17,7 +17,7 @@ from tests.processes import Tune, pg_study, tune_args, wait_for
 
 pytestmark = pytest.mark.integration
 
-RETRAIN = "retraining trial"  # final.py's log line when it starts the retrain
+RETRAIN = "retraining trial"  # final/once.py's log line when it starts the retrain
 SCORE = "on the official test set (once)"  # and when it scores the final model
 WAITING = "is making its final model: waiting"  # and while another process holds the lock
 LOCAL = ("checkpoint", "trial_checkpoint")  # each machine's own copy of the files
