@@ -12,7 +12,7 @@ study holds its total; then it waits for the workers to end and checks:
 - finished trials (COMPLETE + PRUNED) == the total, exactly; none RUNNING;
 - every trial that was running in a killed worker is FAIL with a ``fail_reason``, and exactly one
   trial retries it, with the same parameters (those it had drawn when it was killed), unless it
-  was itself the third retry in a row (``storage.MAX_RETRY``);
+  was itself the third retry in a row (``cluster.storage.MAX_RETRY``);
 - every finished trial has its TensorBoard run, and the best trial its checkpoint and its copy in
   the artifact store (beaten trials' checkpoints are deleted by design).
 

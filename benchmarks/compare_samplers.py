@@ -3,14 +3,14 @@
     python benchmarks/compare_samplers.py --data-dir ../shared/data/fashion-mnist \
         --n-trials 12 --seeds 3 --max-epochs 2 --limit-train-batches 0.1
 
-The search space is the box spanned by ``search_space.GRID``: every parameter with several grid
+The search space is the box spanned by ``search.space.GRID``: every parameter with several grid
 values ranges between its smallest and largest one (on the search space's own scale), the others
 are fixed at their one grid value. The grid sampler tries the box's corners (the 16 grid points);
 random and TPE may pick any point inside it. Each sampler runs ``--seeds`` studies of
 ``--n-trials`` trials with the real objective (training on the real data, no pruning so that every
 trial costs the same), each seed with the same train/val split and weight-init seeds for all three
 samplers. Note that TPE starts with ``n_startup_trials`` = 8 random trials (see
-``study.make_sampler``), drawn exactly as the random sampler with the same seed draws them: the two
+``search.sampling.make_sampler``), drawn exactly as the random sampler with the same seed draws them: the two
 can only differ from trial 9 on.
 
 Writes to ``--output-dir`` (default ``runs/compare-samplers``):

@@ -65,10 +65,12 @@ def load_result(
     output_dir: str | Path | None = None,
     *,
     storage: str | None = None,
-    study_name: str = RunConfig.study_name,
+    study_name: str | None = None,
     artifact_store: str | None = None,
 ) -> TuneResult:
     """Reopens a finished or running study: by its output folder, or by its storage and name.
+
+    Without ``study_name``: the storage's only study, or else the default name's (``fmnist-mlp``).
 
     On a machine other than the one that made the final model, pass the ``artifact_store`` the
     study's machines share: the model is copied from there into ``output_dir``.
@@ -77,11 +79,16 @@ def load_result(
         fmnist_tuning.errors.StudyError: No such study.
         fmnist_tuning.errors.NoResultError: It has no complete trial yet.
     """
-    folder = Path(output_dir) if output_dir is not None else Path("runs") / study_name
+    name = RunConfig.study_name if study_name is None else study_name
+    folder = Path(output_dir) if output_dir is not None else Path("runs") / name
+    where = RunConfig(output_dir=folder, storage=storage).storage_url
+    study = load_existing(where, study_name)
     base = RunConfig(
-        study_name=study_name, output_dir=folder, storage=storage, artifact_store=artifact_store
+        study_name=study.study_name,
+        output_dir=folder,
+        storage=storage,
+        artifact_store=artifact_store,
     )
-    study = load_existing(base.storage_url, study_name)
     recorded = study.user_attrs.get(RUN_SETTINGS, {})
     restored = (
         "seed", "val_size", "max_epochs", "early_stopping", "sampler", "pruner", "objectives",

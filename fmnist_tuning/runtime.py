@@ -7,7 +7,7 @@ so it needs none of this); nothing here runs as a side effect of an import or of
 measure is kept because the benchmark shows it is worth at least 5 % of an epoch or of a trial, or
 50 MB of memory; its figures are in docs/benchmarks.md ("Speed measures"). One measure cannot live
 here: the model's training step takes the optimizer step itself (Lightning's manual optimization,
-``fmnist_tuning/model.py``), measured there too.
+``fmnist_tuning/training/model.py``), measured there too.
 """
 
 from __future__ import annotations

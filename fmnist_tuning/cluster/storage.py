@@ -166,8 +166,10 @@ def _refuse_foreign_sqlite(url: str) -> None:
         )
 
 
-def load_existing(url: str, study_name: str) -> optuna.Study:
+def load_existing(url: str, study_name: str | None) -> optuna.Study:
     """Loads a study that must already exist (for reports and other readers; never creates one).
+
+    ``study_name`` None: the storage's only study, or else the default name's.
 
     Raises:
         StudyError: The storage cannot be opened, or holds no study of that name.
@@ -177,6 +179,8 @@ def load_existing(url: str, study_name: str) -> optuna.Study:
         raise StudyError(f"no study database at {path}; check --storage")
     storage = open_storage(url)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    if study_name is None:
+        study_name = names[0] if len(names) == 1 else RunConfig.study_name
     if study_name not in names:
         raise StudyError(
             f"no study {study_name!r} in {redact(url)} (it holds: {', '.join(names) or 'none'}); "

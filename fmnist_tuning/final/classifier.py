@@ -5,7 +5,7 @@ architecture (the LightningModule's hyperparameters), its weights, and the DataM
 mean and standard deviation its inputs were normalised with, and the class names
 (:meth:`fmnist_tuning.training.data.FashionMNISTDataModule.state_dict`). :func:`load_model` rebuilds the
 network from that alone, on any machine with this package: no training data, no study, no
-storage. The final model's one test pass (:func:`fmnist_tuning.final.finalize.score_on_test`) runs through
+storage. The final model's one test pass (:func:`fmnist_tuning.final.scoring.score_on_test`) runs through
 the same object, so what a user loads classifies exactly as what was scored.
 """
 

@@ -87,7 +87,7 @@ def count_test_passes(study: optuna.Study) -> int:
 
 
 def store_model(study: optuna.Study, key: str, result: dict[str, Any]) -> None:
-    """Stores a final model's result (once: see ``final.py``)."""
+    """Stores a final model's result (once: see :mod:`fmnist_tuning.final.once`)."""
     study.set_user_attr(FINAL_MODEL + key, result)
 
 

@@ -205,7 +205,7 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         """Builds the on-device splits (shared by every trial of the process).
 
         No stage reads the official test set: the final model alone is scored on it, once,
-        through its own file (:func:`fmnist_tuning.final.finalize.score_on_test`).
+        through its own file (:func:`fmnist_tuning.final.scoring.score_on_test`).
         """
         self.splits = self._shared_splits()
         self.normalisation = (self.splits.mean, self.splits.std)

@@ -9,6 +9,8 @@ pytest process itself):
   folder) is recorded in the file ``FMNIST_TEST_DOWNLOADS`` names, where the test session finds
   it and fails. ``FMNIST_TEST_DOWNLOAD=fake`` simulates a network that works: such a call writes a
   tiny dataset at once and goes on (it is still recorded); by default it raises.
+  ``FMNIST_TEST_MIRROR=http://127.0.0.1:PORT/`` lets torchvision download for real, from a test's
+  own server on loopback (the files' checksums are those of the test's files, so not checked).
 """
 
 from __future__ import annotations
@@ -97,6 +99,12 @@ def guard_download(raw: ModuleType) -> None:
             return download(data_dir)  # the files are there: nothing is fetched
         with open(os.environ["FMNIST_TEST_DOWNLOADS"], "a") as record:
             record.write(f"pid {os.getpid()}: download into {Path(data_dir).resolve()}\n")
+        if mirror := os.environ.get("FMNIST_TEST_MIRROR"):
+            from torchvision.datasets import FashionMNIST
+
+            FashionMNIST.mirrors = [mirror]
+            FashionMNIST.resources = [(name, None) for name, _ in FashionMNIST.resources]
+            return download(data_dir)
         if os.environ.get("FMNIST_TEST_DOWNLOAD") != "fake":
             raise RuntimeError(f"a test tried to download Fashion-MNIST into {data_dir}")
         _write_fake(Path(data_dir) / "FashionMNIST" / "raw")
