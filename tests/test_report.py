@@ -16,8 +16,8 @@ import pytest
 
 from fmnist_tuning.cli import main
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.final.finalize import score_on_test
 from fmnist_tuning.final.results import stored_result
+from fmnist_tuning.final.scoring import score_on_test
 from fmnist_tuning.keys import FINAL_MODEL, REPORT_HTML, RUN_SETTINGS
 from fmnist_tuning.report import plots
 from fmnist_tuning.report.page import TEMPLATES, write_report
