@@ -23,11 +23,11 @@ on a noisy shared machine.
    stale-trial check, counting, Optuna's bookkeeping, building the Trainer, logger and callbacks,
    tearing them down, the collection after each trial and the study callbacks.
 3. Pruning: the same seeded study (random sampler, so both see identical configurations) with the
-   median pruner and without: epochs trained and best value. Trials as the CLI runs them (at most
-   20 epochs, early stopping after 4), 24 of them, each epoch a twentieth of the training batches
+   median pruner and without: epochs trained and best value. Trials as the CLI runs them (its default
+   ``--max-epochs`` and ``--early-stopping``), 24 of them, each epoch a twentieth of the training batches
    (and the whole validation split) so the pair runs in minutes; ``--quick``: 10 trials of 6 epochs.
 4. Memory: the peak resident memory of the real command, ``fmnist-tune`` run as a child process
-   with its defaults (20-epoch trials, the retrain on 60k, the report) for ``--memory-trials``
+   with its defaults (its default trials, the retrain on 60k, the report) for ``--memory-trials``
    trials; and the growth of resident memory from trial 5 to trial 50 of short trials in one
    process.
 """
@@ -452,8 +452,8 @@ def format_table(r: dict[str, Any]) -> str:
         "| >= 40% fewer |",
         f"| best val acc, median pruning / none | {p['best_median']:.4f} / {p['best_none']:.4f} "
         f"({100 * (p['best_median'] - p['best_none']):+.2f} pt) | within 0.3 pt |",
-        f"| peak RSS of `fmnist-tune --n-trials {m['command']['trials']}` (defaults: 20-epoch "
-        f"trials, retrain, report) | {m['command']['peak']:.0f} MB "
+        f"| peak RSS of `fmnist-tune --n-trials {m['command']['trials']}` (defaults: "
+        f"{RunConfig.max_epochs}-epoch trials, retrain, report) | {m['command']['peak']:.0f} MB "
         f"({m['command']['wall_s']:.0f} s) | <= 1000 MB |",
         f"| RSS growth trial 5 -> last (short trials, one process) | "
         f"{m['growth_5_50_mb']:+.1f} MB | < 50 MB |",

@@ -39,7 +39,12 @@ from fmnist_tuning.keys import EPOCHS
 ROOT = Path(__file__).resolve().parents[1]
 SETUPS: dict[str, list[str]] = {
     "default": [],  # the command's defaults: TPE with successive halving (--pruner asha)
-    "tpe-median": ["--pruner", "median", "--max-epochs", "20"],  # the defaults before issue #22
+    "tpe-median": [
+        "--pruner",
+        "median",
+        "--max-epochs",
+        "20",
+    ],  # TPE + median pruning over 20 epochs
     "tpe-hyperband": ["--pruner", "hyperband", "--max-epochs", "20"],
 }
 THRESHOLDS = (0.90, 0.905, 0.91)

@@ -8,7 +8,7 @@ A measure stays in the project only while it is worth at least 5 % of an epoch o
 Triton pair: two fresh processes per repeat), so a slow spell of a shared machine hits both alike;
 each figure is the median of the paired differences.
 
-1. fused optimizers: one Adam step of the default 784-2000-640-10 model (batch 256), torch's fused
+1. fused optimizers: one Adam step of the default 784-1024-640-10 model (batch 256), torch's fused
    kernel vs its default implementation.
 2. NVML check: one epoch of the benchmark's 784-128-10 trial (Adam, the objective's Trainer) with
    the per-step driver lookup that Lightning's setting causes on a machine without a GPU, and
@@ -220,7 +220,7 @@ def format_table(r: dict[str, Any]) -> str:
     lines = [
         "| measure | on | off | saved (median of pairs) | of what |",
         "|---|---|---|---|---|",
-        row("fused optimizers", "fused", "ms", 1000, "an Adam step, 784-2000-640-10, batch 256"),
+        row("fused optimizers", "fused", "ms", 1000, "an Adam step, 784-1024-640-10, batch 256"),
     ]
     if "nvml" in r:
         lines.append(row("no NVML lookup", "nvml", "s", 1, "a warm 784-128-10 epoch"))

@@ -1,5 +1,7 @@
-"""The Python API: :func:`tune` runs the study the CLI runs; :func:`load_result` reopens one;
-:func:`load_model` reads a final model's file alone.
+"""The Python API: :func:`tune` runs the study the CLI runs; :func:`load_result` reopens one.
+
+:func:`fmnist_tuning.load_model` (:mod:`fmnist_tuning.final.classifier`) reads a final model's
+file alone.
 
     >>> from fmnist_tuning import tune
     >>> result = tune(n_trials=10, max_epochs=5)   # same settings and defaults as fmnist-tune

@@ -155,6 +155,17 @@ def test_the_stored_test_result_is_what_best_json_and_the_page_show(study_run: P
     assert f"Accuracy {best['test_acc']:.4f} (" in _page(study_run)
 
 
+@pytest.mark.integration
+def test_a_report_written_with_no_test_shows_nothing_of_the_test_set(
+    study_run: Path, tmp_path: Path
+) -> None:
+    best = json.loads((study_run / "best.json").read_text())
+    url = f"sqlite:///{study_run / 'study.db'}"
+    page = write_report(_study(study_run), tmp_path, url, test=False).read_text()
+    assert "not shown (--no-test)" in page and "this report was written with --no-test" in page
+    assert f"{best['test_acc']:.4f}" not in page and 'id="confusion-matrix"' not in page
+
+
 def test_a_poor_model_scores_its_most_confident_mistakes(
     run_config: RunConfig, tmp_path: Path
 ) -> None:

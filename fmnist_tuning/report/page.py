@@ -105,14 +105,17 @@ def _summary(study: optuna.Study, storage_url: str) -> list[tuple[str, Any]]:
     ]
 
 
-def _best(best: FrozenTrial | None, result: dict[str, Any] | None) -> dict[str, Any] | None:
+def _best(
+    best: FrozenTrial | None, result: dict[str, Any] | None, test: bool
+) -> dict[str, Any] | None:
     if best is None or not best.values:
         return None
-    test = _score(result) if result else "not scored (no final model yet)"
+    unscored = "not scored (no final model yet)" if test else "not shown (--no-test)"
+    score = _score(result) if result else unscored
     rows: list[tuple[str, Any]] = [
         ("trial", best.number),
         ("validation accuracy", f"{best.values[0]:.4f}"),
-        ("test accuracy (final model)", test),
+        ("test accuracy (final model)", score),
         ("epochs trained", best.user_attrs.get(EPOCHS, "-")),
         ("parameters", _fmt(best.user_attrs.get(PARAMS, "-"))),
         ("CPU latency per image (ms)", _fmt(best.user_attrs.get(LATENCY_MS, "-"))),
@@ -121,8 +124,10 @@ def _best(best: FrozenTrial | None, result: dict[str, Any] | None) -> dict[str, 
     return {"rows": rows + [(f"param {k}", _fmt(v)) for k, v in best.params.items()]}
 
 
-def _test(result: dict[str, Any] | None, data_dir: Path | None) -> dict[str, Any]:
+def _test(result: dict[str, Any] | None, data_dir: Path | None, test: bool) -> dict[str, Any]:
     """The final model's stored test result, laid out for the page."""
+    if result is None and not test:
+        return {"skipped": "Not shown: this report was written with --no-test."}
     if result is None:
         return {
             "skipped": "Not scored: the best trial has no final model yet. It is made and scored "
@@ -265,8 +270,8 @@ def page_context(
         "version": _version(),
         "optuna_version": optuna.__version__,
         "summary": _summary(study, storage_url),
-        "best": _best(best, result),
-        "test": _test(result, data_dir),
+        "best": _best(best, result, test),
+        "test": _test(result, data_dir, test),
         "class_names": CLASS_NAMES,
         "trials": _trials(study, best),
         "plots_dir": PLOTS_DIR,

@@ -187,8 +187,9 @@ SPECS: tuple[_Spec, ...] = (
     _Spec(
         "intermediate_values",
         "Intermediate values (learning curves)",
-        "Validation accuracy after every epoch of every trial; pruned trials are the curves that "
-        "stop early, below the median of the others at the same epoch.",
+        "Validation accuracy after every epoch of every trial. The curves that stop early were "
+        "pruned at a rung (by default: not in the top third of the trials scored there) or "
+        "stopped by early stopping once they no longer improved.",
         _need_intermediate,
     ),
     _Spec(

@@ -87,8 +87,8 @@ class TrialGuard(Callback):
 class StopAfterEpochs(Callback):
     """Ends training after ``epochs`` epochs, whatever the Trainer's ``max_epochs`` (the schedule).
 
-    The final model trains with the trial's schedule length (``max_epochs``: the one-cycle learning
-    rate spans it) but stops where the trial's validation accuracy peaked.
+    The final model trains with the schedule chosen on validation (its length: the one-cycle
+    learning rate spans it) but stops at that schedule's best epoch on validation.
     """
 
     def __init__(self, epochs: int) -> None:
