@@ -163,7 +163,7 @@ def test_a_report_written_with_no_test_shows_nothing_of_the_test_set(
     url = f"sqlite:///{study_run / 'study.db'}"
     page = write_report(_study(study_run), tmp_path, url, test=False).read_text()
     assert "not shown (--no-test)" in page and "this report was written with --no-test" in page
-    assert f"{best['test_acc']:.4f}" not in page and 'id="confusion-matrix"' not in page
+    assert f"Accuracy {best['test_acc']:.4f} (" not in page and 'id="confusion-matrix"' not in page
 
 
 def test_a_poor_model_scores_its_most_confident_mistakes(
