@@ -16,7 +16,16 @@ from tests.conftest import ROOT
 PACKAGE = ROOT / "fmnist_tuning"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Flags of the tools the docs also show (pip, pytest, tensorboard, jupyter, the dashboard).
-OTHER_TOOLS = {"--index-url", "--logdir", "--to", "--execute", "--inplace", "--check", "--help"}
+OTHER_TOOLS = {
+    "--index-url",
+    "--logdir",
+    "--to",
+    "--execute",
+    "--inplace",
+    "--check",
+    "--help",
+    "--durations",
+}
 # Where a module may be named in prose: the docs, and the docstrings and comments of the code.
 PROSE = [*DOCS, *PACKAGE.rglob("*.py"), *(ROOT / "benchmarks").glob("*.py"), ROOT / ".ci" / "run"]
 
