@@ -85,6 +85,8 @@ def load_result(
     folder = Path(output_dir) if output_dir is not None else Path("runs") / name
     where = RunConfig(output_dir=folder, storage=storage).storage_url
     study = load_existing(where, study_name)
+    if output_dir is None and storage is not None:  # the folder the CLI gives this study
+        folder = Path("runs") / study.study_name
     base = RunConfig(
         study_name=study.study_name,
         output_dir=folder,

@@ -94,6 +94,20 @@ def test_load_result_reopens_the_study_by_folder_or_by_storage(finished: Any) ->
         assert again.config.data_dir.resolve() == finished.config.data_dir.resolve()
 
 
+def test_load_result_without_a_name_opens_the_storages_only_study_and_its_folder(
+    finished: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    source = f"sqlite:///{finished.output_dir / 'study.db'}"
+    optuna.copy_study(
+        from_study_name="fmnist-mlp", from_storage=source, to_storage=other, to_study_name="other"
+    )
+    again = fmnist_tuning.load_result(storage=other)
+    assert again.study.study_name == "other" and again.output_dir == Path("runs") / "other"
+    assert again.best_params == finished.best_params and again.test_acc == finished.test_acc
+
+
 def _cli_message(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     assert main(argv) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()

@@ -19,7 +19,8 @@ LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 def lint_imports(tree: Path) -> subprocess.CompletedProcess[str]:
     """``lint-imports`` on the package in ``tree`` (found first on the path, before the installed one)."""
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    path = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}  # the tree first; the tests' network guard kept
     return subprocess.run(
         [str(LINT_IMPORTS)], cwd=tree, env=env, capture_output=True, text=True, timeout=120
     )

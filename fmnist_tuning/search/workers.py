@@ -33,7 +33,6 @@ from fmnist_tuning.faults import (
     raise_if_interrupted,
     received_signal,
 )
-from fmnist_tuning.search.study import load_or_create
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +78,9 @@ def work(job: Job) -> int:
     0 when the study is done, 128 + the signal number when interrupted, 2 when the storage or the
     artifact store cannot be used.
     """
-    from fmnist_tuning.search.loop import (
-        optimize,  # after runtime.setup_process: it imports Lightning
-    )
+    # After runtime.setup_process (main): both import Lightning.
+    from fmnist_tuning.search.loop import optimize
+    from fmnist_tuning.search.study import load_or_create
 
     with catch_signals():
         try:
