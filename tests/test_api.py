@@ -83,7 +83,10 @@ def test_predict_agrees_with_the_stored_test_accuracy(finished: Any) -> None:
 
 
 @pytest.mark.integration
-def test_load_result_reopens_the_study_by_folder_or_by_storage(finished: Any) -> None:
+def test_load_result_reopens_the_study_by_folder_or_by_storage(
+    finished: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # by storage, its folder is ./runs/<study>
     by_folder = fmnist_tuning.load_result(finished.output_dir)
     by_storage = fmnist_tuning.load_result(
         storage=f"sqlite:///{finished.output_dir / 'study.db'}", study_name="fmnist-mlp"
