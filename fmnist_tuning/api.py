@@ -18,7 +18,6 @@ raises ``KeyboardInterrupt`` with the study saved: call the same ``tune`` again 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +33,10 @@ from fmnist_tuning.job import run_study
 from fmnist_tuning.keys import CHECKPOINT, RUN_SETTINGS
 from fmnist_tuning.result import TuneResult
 from fmnist_tuning.search import front
+from fmnist_tuning.search.binding import BINDING, BUDGETS
 from fmnist_tuning.search.progress import configure_logging, summarize
 from fmnist_tuning.search.space import suggest_config
 from fmnist_tuning.settings import make_config
-
-log = logging.getLogger("fmnist_tuning")
 
 
 def tune(**settings: Any) -> TuneResult:
@@ -81,10 +79,9 @@ def load_result(
         fmnist_tuning.errors.StudyError: No such study.
         fmnist_tuning.errors.NoResultError: It has no complete trial yet.
     """
-    name = RunConfig.study_name if study_name is None else study_name
-    folder = Path(output_dir) if output_dir is not None else Path("runs") / name
-    where = RunConfig(output_dir=folder, storage=storage).storage_url
-    study = load_existing(where, study_name)
+    default = Path("runs") / (RunConfig.study_name if study_name is None else study_name)
+    folder = Path(output_dir) if output_dir is not None else default
+    study = load_existing(RunConfig(output_dir=folder, storage=storage).storage_url, study_name)
     if output_dir is None and storage is not None:  # the folder the CLI gives this study
         folder = Path("runs") / study.study_name
     base = RunConfig(
@@ -94,10 +91,7 @@ def load_result(
         artifact_store=artifact_store,
     )
     recorded = study.user_attrs.get(RUN_SETTINGS, {})
-    restored = (
-        "seed", "val_size", "max_epochs", "early_stopping", "sampler", "pruner", "objectives",
-        "max_params", "max_latency_ms",
-    )  # fmt: skip
+    restored = (*BINDING, *BUDGETS, "sampler", "pruner", "objectives")  # what the study recorded
     changes: dict[str, Any] = {k: recorded[k] for k in restored if k in recorded}
     if "data_dir" in recorded:
         changes["data_dir"] = Path(recorded["data_dir"])
