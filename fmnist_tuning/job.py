@@ -26,6 +26,7 @@ def run_study(config: RunConfig) -> tuple[optuna.Study, dict[str, Any]]:
     Raises:
         The errors of :func:`tune`; :class:`fmnist_tuning.faults.Interrupted` on a signal.
     """
+    # Imported here, after tune's runtime.setup_process: most of them import Lightning.
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from fmnist_tuning.faults import Interrupted, catch_signals, received_signal
