@@ -5,7 +5,8 @@
 Every variant trains the documented starting configuration (``space.DEFAULT_PARAMS``, a new
 study's first trial) with the real objective, on the study's own seeded train/validation split, for
 ``--max-epochs`` epochs without pruning or early stopping, and changes one piece of the fixed recipe
-(``space.LABEL_SMOOTHING``, ``SCHEDULER``, ``FLIP``) or the configuration's hidden widths. The test set is never read. Prints, and
+(``space.LABEL_SMOOTHING``, ``SCHEDULER``, ``FLIP``), the configuration's hidden widths, or a lever
+of the final model's recipe (random shifts). The test set is never read. Prints, and
 appends to ``--output`` (CSV), one row per (variant, seed): best validation accuracy, its epoch, the
 accuracy at the last epoch and the training time.
 """
@@ -20,6 +21,7 @@ harness.start()  # as fmnist-tune does, before the first Lightning import (hence
 import argparse
 import contextlib
 import csv
+import dataclasses
 import logging
 import sys
 import tempfile
@@ -32,10 +34,11 @@ from unittest import mock
 import optuna
 
 from fmnist_tuning.config import RunConfig, default_data_dir
-from fmnist_tuning.search import space
+from fmnist_tuning.search import objective, space
 from fmnist_tuning.search.objective import Objective
 from fmnist_tuning.search.sampling import DIRECTION
 
+CONFIG = "config"  # a variant's TrialConfig fields, set on every suggested configuration
 # Variant name → the recipe constants it changes (``base`` changes nothing).
 VARIANTS: dict[str, dict[str, Any]] = {
     "base": {},
@@ -44,6 +47,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "smoothing_0.05": {"LABEL_SMOOTHING": 0.05},
     "smoothing_0.2": {"LABEL_SMOOTHING": 0.2},
     "no_onecycle": {"SCHEDULER": "none"},
+    # Levers of the final model's recipe (TrialConfig fields, set on the trial's configuration)
+    "shift_1": {CONFIG: {"shift": 1}},
+    "shift_2": {CONFIG: {"shift": 2}},
     # Other widths for the starting configuration itself (everything else as DEFAULT_PARAMS)
     **{
         f"widths_{'_'.join(map(str, widths))}": {
@@ -61,8 +67,21 @@ FIELDS = ("variant", "seed", "max_epochs", "best_val_acc", "best_epoch", "last_v
 
 def recipe(variant: str) -> contextlib.AbstractContextManager[Any]:
     """While entered, every trial the search space suggests follows ``variant``'s recipe."""
-    changes = VARIANTS[variant]
-    return mock.patch.multiple(space, **changes) if changes else contextlib.nullcontext()
+    changes = dict(VARIANTS[variant])
+    fields = changes.pop(CONFIG, {})
+    stack = contextlib.ExitStack()
+    if changes:
+        stack.enter_context(mock.patch.multiple(space, **changes))
+    if fields:
+        suggest = objective.suggest_config
+        stack.enter_context(
+            mock.patch.object(
+                objective,
+                "suggest_config",
+                lambda *a, **k: dataclasses.replace(suggest(*a, **k), **fields),
+            )
+        )
+    return stack
 
 
 def run_variant(

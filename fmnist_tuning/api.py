@@ -18,6 +18,7 @@ raises ``KeyboardInterrupt`` with the study saved: call the same ``tune`` again 
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,8 @@ def tune(**settings: Any) -> TuneResult:
     """Runs (or resumes) the study ``fmnist-tune`` runs with the same settings, then its final model.
 
     Args:
-        **settings: The fields of :class:`RunConfig` (``n_trials``, ``timeout``, ``max_epochs``,
+        **settings: The fields of :class:`RunConfig` (``n_trials``, ``timeout`` for the whole
+            call, ``search_timeout`` for the search alone, ``max_epochs``,
             ``sampler``, ``pruner``, ``storage``, ``workers``, ``output_dir``, ``data_dir``, ...),
             with the CLI's defaults; ``workers="auto"`` means one per core.
 
@@ -54,7 +56,7 @@ def tune(**settings: Any) -> TuneResult:
         fmnist_tuning.errors.NoResultError: No trial completed, or a worker died before the end.
         KeyboardInterrupt: SIGINT/SIGTERM; the running trials are FAIL, the rest is saved.
     """
-    config = make_config(**settings)
+    config = make_config(**{"started_at": time.time(), **settings})
     runtime.setup_process()
     configure_logging()
     study, final = run_study(config)

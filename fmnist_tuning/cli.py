@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -116,7 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-dir", type=_folder, help="default $FMNIST_DATA_DIR, else ./data")
     p.add_argument("--n-trials", type=_integer, default=d.n_trials, help="study total")
-    p.add_argument("--timeout", type=_number, help="seconds; no new trial after it")
+    p.add_argument(
+        "--timeout",
+        type=_number,
+        metavar="SECONDS",
+        help="for the whole job: search, final model and report (the search stops in time)",
+    )
+    p.add_argument(
+        "--search-timeout",
+        type=_number,
+        metavar="SECONDS",
+        help="for the search alone, as Optuna's timeout: no new trial after it",
+    )
     p.add_argument(
         "--max-epochs",
         type=_integer,
@@ -128,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_integer,
         default=d.final_epochs,
         help="the final model's longer schedule, tried on the validation split before the retrain; "
-        "kept only if it scores higher there (default %(default)s)",
+        "kept only if it scores higher there; shorter when --timeout leaves less time, or the "
+        "search trained fewer than twice its epochs (default %(default)s)",
     )
     p.add_argument(
         "--max-params",
@@ -190,15 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_config(argv: Sequence[str] | None = None) -> RunConfig:
-    """Parses the flags into a checked :class:`RunConfig`.
+def parse_config(argv: Sequence[str] | None = None, started_at: float | None = None) -> RunConfig:
+    """Parses the flags into a checked :class:`RunConfig` of a job started at ``started_at``.
 
     Raises:
         SettingsError: A flag is malformed or names something that cannot work here.
     """
     args = vars(build_parser().parse_args(argv))
     args["progress"] = args["progress"] == "epoch"
-    return make_config(**args)
+    return make_config(**args, started_at=started_at)
 
 
 def build_report_parser() -> argparse.ArgumentParser:
@@ -237,12 +250,13 @@ def report(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fmnist-tune`` and ``scripts/tune.py``; returns the exit code."""
+    started_at = time.time()  # --timeout counts from here: the imports and data are the job's too
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["report"]:
         return report(argv[1:])
     with exit_on_signals():  # until the study takes over (the imports take seconds)
         try:
-            config = parse_config(argv)
+            config = parse_config(argv, started_at)
             from fmnist_tuning.api import tune
             from fmnist_tuning.faults import Interrupted
 

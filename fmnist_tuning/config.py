@@ -22,7 +22,9 @@ class RunConfig:
     # The four IDX .gz files (or torchvision's FashionMNIST/raw below): $FMNIST_DATA_DIR, else data
     data_dir: Path = field(default_factory=default_data_dir)
     n_trials: int | None = 500  # trials of the whole study (finished ones count on resume)
-    timeout: float | None = None  # seconds after which no new trial starts
+    # Seconds for the whole job: search, final model, test pass and report (search.deadline)
+    timeout: float | None = None
+    search_timeout: float | None = None  # seconds after which no new trial starts (Optuna's)
     max_epochs: int = 9  # epochs per trial at most (early stopping and pruning end many sooner)
     sampler: str = "tpe"  # tpe (Bayesian), random, or grid (search.space.GRID)
     pruner: str = "asha"  # asha (successive halving), median (with warm-up), hyperband or none
@@ -30,7 +32,8 @@ class RunConfig:
     seed: int = 0  # seeds the sampler, the train/val split, shuffles and weight init
     accelerator: str = "auto"  # auto (GPU when present), cpu or gpu
     # The final model's longest schedule, validated on the 55k/5k split before the retrain on 60k
-    # (fmnist_tuning.final.schedule); --max-epochs or less: the trial's own schedule, unvalidated further
+    # (fmnist_tuning.final.schedule), when the time (or the search's size) allows it
+    # (fmnist_tuning.search.deadline); --max-epochs or less: the trial's own schedule
     final_epochs: int = 40
     # A deployment budget (fmnist_tuning.search.budget): Optuna constraints; over-budget trials stop early
     max_params: int | None = None  # parameters at most
@@ -50,6 +53,7 @@ class RunConfig:
     # None = <output_dir>/artifacts
     artifact_store: str | None = None
     storage_timeout: int = 120  # seconds a database server may stay unreachable; then exit 2
+    started_at: float | None = None  # time.time() at the job's start (--timeout counts from it)
 
     @property
     def budgeted(self) -> bool:

@@ -105,7 +105,7 @@ def check(config: RunConfig) -> None:
             raise SettingsError(f"{_name(field)}: expected a positive integer, got {value!r}")
         if value > most:
             raise SettingsError(f"{_name(field)}: {value} is too large; at most {most} makes sense")
-    for field in ("timeout", "max_latency_ms"):
+    for field in ("timeout", "search_timeout", "max_latency_ms"):
         value = getattr(config, field)
         if value is not None and (
             isinstance(value, bool)
@@ -114,11 +114,15 @@ def check(config: RunConfig) -> None:
             or not math.isfinite(value)
         ):
             raise SettingsError(f"{_name(field)}: expected a positive number, got {value!r}")
-    if config.timeout is not None and config.timeout > MAX_TIMEOUT:
-        raise SettingsError(
-            f"{_name('timeout')}: {config.timeout:g} s is over a year; give it in seconds "
-            f"(at most {MAX_TIMEOUT})"
-        )
+    for field in ("timeout", "search_timeout"):
+        value = getattr(config, field)
+        if value is not None and value > MAX_TIMEOUT:
+            raise SettingsError(
+                f"{_name(field)}: {value:g} s is over a year; give it in seconds "
+                f"(at most {MAX_TIMEOUT})"
+            )
+    if config.started_at is not None and not isinstance(config.started_at, int | float):
+        raise SettingsError(f"started_at: expected time.time() seconds, got {config.started_at!r}")
     if config.max_params is not None and config.max_params < SMALLEST_NET_PARAMS:
         raise SettingsError(
             f"{_name('max_params')}: {config.max_params} is below the smallest network of the "

@@ -285,7 +285,7 @@ def test_the_final_schedule_is_the_one_with_the_higher_validation_accuracy(
     trial = _trial([0.7, 0.8])
     asked: list[int] = []
 
-    def curve(config: Any, run: RunConfig, schedule_epochs: int, seed: int) -> list[float]:
+    def curve(config: Any, run: RunConfig, schedule_epochs: int, seed: int, *_: Any) -> list[float]:
         asked.append(schedule_epochs)
         return longer_curve
 
@@ -312,7 +312,8 @@ def test_no_longer_schedule_is_tried_when_final_epochs_is_not_longer(
 def test_the_final_model_trains_the_schedule_validation_chose_and_best_json_records_it(
     run_config: RunConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run = dataclasses.replace(run_config, n_trials=1, max_epochs=2, final_epochs=4)
+    # Four 2-epoch trials: the search trained twice the 4-epoch schedule, which may then be tried.
+    run = dataclasses.replace(run_config, n_trials=4, max_epochs=2, final_epochs=4, pruner="none")
     study = _one_trial_study(run)
     seen = _spy_on_the_retrain(monkeypatch)
     result = finalize.finalize(study, run)

@@ -251,12 +251,12 @@ def test_hyperband_scores_its_first_rung_after_the_second_epoch() -> None:
     assert min(pruned_at) == 1  # after epoch 2 (step 1): never after the first epoch alone
 
 
-def test_the_timeout_starts_no_trial_after_the_deadline(
+def test_the_search_timeout_starts_no_trial_after_it_as_optunas_timeout(
     run_config: RunConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = FakeClock()  # the trial loop's clock: 10 s pass in every trial
     monkeypatch.setattr(loop, "time", clock)
-    run = dataclasses.replace(run_config, n_trials=50, max_epochs=1, timeout=25)
+    run = dataclasses.replace(run_config, n_trials=50, max_epochs=1, search_timeout=25)
 
     class TenSeconds(objective.Objective):
         def __call__(self, trial: optuna.Trial) -> Any:

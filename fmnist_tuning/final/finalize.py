@@ -91,6 +91,7 @@ def finalize(study: optuna.Study, run: RunConfig) -> dict[str, Any] | None:
         "final_epochs": final.get("epochs"),  # epochs the final model trained, of a schedule of
         "schedule_epochs": final["schedule_epochs"],  # this many, chosen on validation:
         "final_schedule": final.get("schedule_choice"),  # every schedule scored, and the rule
+        "time_split": final.get("time"),  # the job's time: search and final stage, and the rule
         "checkpoint": str(model),  # the model test_acc is measured on, on this machine
         "model_artifact": final.get("model_artifact"),  # the same file in the artifact store
         "artifact_store": artifacts.store_location(run),

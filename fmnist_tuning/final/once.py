@@ -13,9 +13,13 @@ test pass.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -34,15 +38,11 @@ from fmnist_tuning.final.results import (
 from fmnist_tuning.final.retrain import best_epoch, final_path, retrain_full, trial_checkpoint
 from fmnist_tuning.final.scoring import score_on_test
 from fmnist_tuning.keys import CHECKPOINT_ARTIFACT
+from fmnist_tuning.search import deadline
 from fmnist_tuning.search.loop import worker_id
 from fmnist_tuning.search.space import suggest_config
 
 log = logging.getLogger(__name__)
-
-
-def _key(best: FrozenTrial, run: RunConfig) -> str:
-    """The name of the final model this run would make of ``best`` (its stored result's key)."""
-    return model_key(best.number, run.retrain, schedule.longer_schedule(run))
 
 
 Made = tuple[str, dict[str, Any]]  # a stored final model: its key and its result
@@ -65,16 +65,13 @@ def final_model(
     final-model settings than the ones the stored model was made with reuses it, and says so.
     Either way it becomes the study's current final model.
     """
-    key = _key(best, run)
-    made = made_for(study, best.number, key)
+    made = made_for(study, best.number)
     if made is None:
         with locks.holding(locks.run_lock(run, study.study_name, "final"), WAITING) as lock:
             # Made while this process waited? Else this process makes it.
-            made = made_for(study, best.number, key) or _make_and_score(
-                study, best, run, store, lock
-            )
+            made = made_for(study, best.number) or _make_and_score(study, best, run, store, lock)
     made_key, result = made
-    if made_key != key:
+    if result.get("settings") != _settings(run):
         log.info(
             "trial %d's final model was made and scored already (%s): reusing it and its test "
             "score; this run's final-model settings apply to a new best trial only",
@@ -85,12 +82,17 @@ def final_model(
     return result
 
 
-def _made_meanwhile(study: optuna.Study, trial: int, key: str, lock: locks.Lock) -> Made | None:
+def _settings(run: RunConfig) -> dict[str, Any]:
+    """The settings a final model is made with (a run with others reuses it, and says so)."""
+    return {"retrain": run.retrain, "final_epochs": run.final_epochs, "timeout": run.timeout}
+
+
+def _made_meanwhile(study: optuna.Study, trial: int, lock: locks.Lock) -> Made | None:
     """Takes ``lock`` again if its connection dropped; then another machine's model, if any."""
     if lock.held():
         return None
     locks.hold(lock, LOST)
-    return made_for(study, trial, key)
+    return made_for(study, trial)
 
 
 def _make_and_score(
@@ -98,56 +100,139 @@ def _make_and_score(
 ) -> Made:
     """Makes the final model, scores it on the test set and stores the result, holding ``lock``.
 
-    A retrained model is written beside its place and moved there only once its result is
+    A model made here is written beside its place and moved there only once its result is
     stored: the file at :func:`final_path` is always a scored model.
     """
-    key = _key(best, run)
-    epochs, schedule_epochs, choice = best_epoch(best), run.max_epochs, None
-    if run.retrain:
-        place = final_path(run.output_dir, best.number, schedule.longer_schedule(run))
-        model = place.with_name(f".{place.name}.{os.getpid()}.part")
-    else:  # the trial's own checkpoint: the only case that needs it here
-        place, model = None, trial_checkpoint(best, run, store)
+    begun = deadline.now()
+    plan = deadline.plan_final(study, best, run)
+    made = _train(best, run, store, plan)
+    trained = deadline.now()
     try:
-        if place is not None:
-            config = suggest_config(optuna.trial.FixedTrial(best.params), run.small_widths)
-            choice = schedule.choose(best, config, run)  # on the validation split only
-            chosen = choice["candidates"][choice["chosen"]]
-            epochs, schedule_epochs = chosen["epochs"], chosen["schedule_epochs"]
-            log.info(
-                "retraining trial %d's configuration on all training images: %d epochs of a "
-                "%d-epoch schedule",
-                best.number,
-                epochs,
-                schedule_epochs,
-            )
-            retrain_full(config, run, epochs, model, run.seed + best.number, schedule_epochs)
-        if (other := _made_meanwhile(study, best.number, key, lock)) is not None:
+        if (other := _made_meanwhile(study, best.number, lock)) is not None:
             return other  # another process made and scored it meanwhile: never score twice
-        uploaded = artifacts.upload(store, model, study) if place is not None else None
+        # Named by the longest schedule validated (retrained), or the run it is from (not).
+        longest = plan.schedule_epochs if made.retrained else made.place and made.schedule_epochs
+        key = model_key(best.number, made.retrained, longest or 0)
+        uploaded = artifacts.upload(store, made.model, study) if made.place is not None else None
         log.info("scoring trial %d's final model on the official test set (once)", best.number)
         record_test_pass(study, key, worker_id())  # counted before the test set is read
-        scores = score_on_test(model, run)
-        if (other := _made_meanwhile(study, best.number, key, lock)) is not None:
+        scores = score_on_test(made.model, run)
+        if (other := _made_meanwhile(study, best.number, lock)) is not None:
             if uploaded is not None:  # the lock was lost during the test pass: the first
                 artifacts.remove(store, uploaded)  # result stored counts, with its own file
             return other
+        shipped = made.place or made.model
         result = {
             "trial": best.number,
-            "retrained": run.retrain,
-            "model": str((place or model).resolve()),
-            "model_file": (place or model).name,  # in <output-dir>/checkpoints on any machine
+            "retrained": made.retrained,
+            "model": str(shipped.resolve()),
+            "model_file": shipped.name,  # in <output-dir>/checkpoints on any machine
             "model_artifact": uploaded or best.user_attrs.get(CHECKPOINT_ARTIFACT),
-            "epochs": epochs,  # the checkpoint's epoch, or the epochs the retrain trains
-            "schedule_epochs": schedule_epochs,  # of a one-cycle schedule this long
-            "schedule_choice": choice,  # the schedules scored on validation, and the one chosen
+            "epochs": made.epochs,  # the checkpoint's epoch, or the epochs the retrain trains
+            "schedule_epochs": made.schedule_epochs,  # of a one-cycle schedule this long
+            "schedule_choice": made.choice,  # the schedules scored on validation, the one chosen
+            "settings": _settings(run),
+            "time": {  # how the job's time was split: the rule, and what each stage took
+                "timeout": run.timeout,
+                "rule": plan.rule,
+                "search_seconds": None  # from the job's start to its final stage
+                if run.started_at is None
+                else round(begun - run.started_at, 1),
+                "final_seconds": round(trained - begun, 1),  # the final training
+                "planned_schedule_epochs": plan.schedule_epochs,
+                "note": made.note,
+            },
             **scores,
             "scored_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         }
         store_model(study, key, result)
-        if place is not None:
-            model.replace(place)
+        if made.place is not None:
+            made.model.replace(made.place)
         return key, result
     finally:
-        if place is not None:
-            model.unlink(missing_ok=True)
+        made.discard()
+
+
+@dataclass
+class _Made:
+    """A final model trained here (or the trial's own checkpoint), before its test pass."""
+
+    model: Path  # the file to score
+    place: Path | None  # where it goes once scored (None: it stays where it is, a trial's own)
+    retrained: bool  # trained on all training images
+    epochs: int
+    schedule_epochs: int
+    choice: dict[str, Any] | None = None  # the schedules scored on validation
+    note: str = ""  # why it is not what the settings asked for (the deadline)
+    scratch: list[Path] = field(default_factory=list)  # files to delete at the end
+
+    def discard(self) -> None:
+        """Deletes the scratch files (a model moved into place is gone from there already)."""
+        for path in self.scratch:
+            path.unlink(missing_ok=True)
+
+
+def _train(best: FrozenTrial, run: RunConfig, store: Any, plan: deadline.FinalPlan) -> _Made:
+    """Trains the final model ``plan`` allows: the validated schedule, then the retrain on all
+    60k images if it fits in the time left; else the best-epoch weights chosen on validation."""
+
+    def own() -> _Made:  # the trial's own best-epoch weights (fetched only when needed)
+        return _Made(
+            trial_checkpoint(best, run, store), None, False, best_epoch(best), run.max_epochs
+        )
+
+    if not run.retrain:
+        return own()
+    pid = os.getpid()
+    place = final_path(run.output_dir, best.number, plan.schedule_epochs)
+    validated = place.with_name(f".{place.stem}.{pid}.validated.ckpt")
+    config = suggest_config(optuna.trial.FixedTrial(best.params), run.small_widths)
+    keep = validated if plan.stop_at is not None else None
+    choice = schedule.choose(best, config, run, plan.schedule_epochs, plan.stop_at, keep)
+    chosen = choice["candidates"][choice["chosen"]]
+    epochs, schedule_epochs = chosen["epochs"], chosen["schedule_epochs"]
+    per_epoch = (
+        chosen["seconds"] / len(chosen["curve"]) if chosen.get("seconds") else plan.per_epoch
+    )
+    left = None if plan.stop_at is None else plan.stop_at - deadline.now()
+    cost = None if per_epoch is None else per_epoch * epochs * deadline.retrain_factor(run)
+    if not plan.retrain or (left is not None and (cost is None or cost > left)):
+        note = f"no time left to retrain on all training images ({left or 0:.0f} s left)"
+        return _validated(own, choice, validated, place, note)
+    log.info(
+        "retraining trial %d's configuration on all training images: %d epochs of a "
+        "%d-epoch schedule",
+        best.number,
+        epochs,
+        schedule_epochs,
+    )
+    part = place.with_name(f".{place.name}.{pid}.part")
+    made = _Made(part, place, True, epochs, schedule_epochs, choice, scratch=[part, validated])
+    seed = run.seed + best.number
+    if retrain_full(config, run, epochs, part, seed, schedule_epochs, plan.stop_at):
+        return made
+    note = "the retrain on all training images was stopped at the deadline"
+    return _validated(own, choice, validated, place, note)
+
+
+def _validated(
+    own: Callable[[], _Made], choice: dict[str, Any], validated: Path, place: Path, note: str
+) -> _Made:
+    """The best-epoch weights of the schedule chosen on validation: the validation run's, or the
+    trial's own."""
+    log.warning("%s: the final model is the weights chosen on validation", note)
+    chosen = choice["candidates"][choice["chosen"]]
+    if choice["chosen"] == 0 or not validated.is_file():
+        validated.unlink(missing_ok=True)
+        return dataclasses.replace(own(), choice=choice, note=note)
+    kept = place.with_name(f"{place.stem}_validation_run.ckpt")
+    return _Made(
+        validated,
+        kept,
+        False,
+        chosen["epochs"],
+        chosen["schedule_epochs"],
+        choice,
+        note,
+        [validated],
+    )

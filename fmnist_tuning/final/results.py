@@ -22,10 +22,16 @@ from fmnist_tuning.keys import FINAL_CURRENT, FINAL_MODEL, FINAL_MODELS, TEST_PA
 def model_key(trial: int, retrained: bool, final_epochs: int = 0) -> str:
     """The name of a final model: the trial it was made from, and how.
 
-    ``final_epochs``: the longest schedule validated for its retrain (``--final-epochs``).
+    ``final_epochs``: the longest schedule validated for it (0: the trial's own schedule). A model
+    not retrained is the trial's own checkpoint or, when no retrain fitted in ``--timeout``, the
+    validation run's best epoch.
     """
     if not retrained:
-        return f"trial {trial} checkpoint"
+        return (
+            f"trial {trial} {final_epochs}-epoch validation run"
+            if final_epochs
+            else f"trial {trial} checkpoint"
+        )
     longest = f", schedules up to {final_epochs} epochs validated" if final_epochs else ""
     return f"trial {trial} retrained on all training images{longest}"
 
@@ -60,13 +66,10 @@ def _of(models: dict[str, dict[str, Any]], trial: int) -> list[tuple[str, dict[s
     return sorted(made, key=lambda kv: (str(kv[1].get("scored_at", "")), kv[0]))
 
 
-def made_for(study: optuna.Study, trial: int, key: str) -> tuple[str, dict[str, Any]] | None:
-    """The stored final model of ``trial`` as ``(key, result)``: the one ``key`` names, else the
-    first one made of it with other settings (a trial's final model is made and scored once)."""
-    models = stored_models(study)  # one read of the storage
-    if key in models:
-        return key, dict(models[key])
-    made = _of(models, trial)
+def made_for(study: optuna.Study, trial: int) -> tuple[str, dict[str, Any]] | None:
+    """The stored final model of ``trial`` as ``(key, result)``: the first one made of it, with
+    whatever settings (a trial's final model is made and scored once)."""
+    made = _of(stored_models(study), trial)  # one read of the storage
     return made[0] if made else None
 
 

@@ -17,8 +17,9 @@ from fmnist_tuning.config import RunConfig
 from fmnist_tuning.errors import StudyError
 from fmnist_tuning.final import schedule
 from fmnist_tuning.keys import CHECKPOINT, CHECKPOINT_ARTIFACT, CHECKPOINT_DIR, WORKER, trial_name
+from fmnist_tuning.search import deadline
 from fmnist_tuning.search.objective import checkpoint_path
-from fmnist_tuning.training.callbacks import StopAfterEpochs
+from fmnist_tuning.training.callbacks import StopAfterEpochs, StopBefore
 from fmnist_tuning.training.recipe import TrialConfig
 from fmnist_tuning.training.trainer import build_datamodule, build_module, build_trainer
 
@@ -40,24 +41,42 @@ def best_epoch(trial: FrozenTrial) -> int:
 
 
 def retrain_full(
-    config: TrialConfig, run: RunConfig, epochs: int, path: Path, seed: int, schedule_epochs: int
-) -> Path:
+    config: TrialConfig,
+    run: RunConfig,
+    epochs: int,
+    path: Path,
+    seed: int,
+    schedule_epochs: int,
+    stop_at: float | None = None,
+) -> bool:
     """Trains ``config`` afresh on all 60,000 training images; saves the weights at ``path``.
 
     The recipe validated on the 55k/5k split (:mod:`fmnist_tuning.final.schedule`): the one-cycle
     schedule of ``schedule_epochs`` epochs, stopped after ``epochs`` epochs (its best on
     validation), from the trial's seed. Only the data differ: the 5,000 validation images are
     trained on too (so the batches, and the draws that shuffle and flip them, differ as well).
+
+    Returns:
+        Whether it trained its ``epochs`` and saved them; False when it stopped before an epoch
+        that would have ended after ``stop_at`` (a wall-clock time): then nothing is saved.
     """
     pl.seed_everything(seed, verbose=False)
     module = build_module(config)
     datamodule = build_datamodule(config, run, full_train=True)
-    stop: list[Callback] = [StopAfterEpochs(epochs)]
-    trainer = build_trainer(run, callbacks=stop, limit_val_batches=0, max_epochs=schedule_epochs)
+    callbacks: list[Callback] = [StopAfterEpochs(epochs)]
+    clock = StopBefore(stop_at, deadline.now) if stop_at is not None else None
+    trainer = build_trainer(
+        run,
+        callbacks=callbacks + ([clock] if clock else []),
+        limit_val_batches=0,
+        max_epochs=schedule_epochs,
+    )
     trainer.fit(module, datamodule=datamodule)
+    if trainer.current_epoch < epochs:  # (the count of epochs trained, once fit returns)
+        return False
     path.parent.mkdir(parents=True, exist_ok=True)
     trainer.save_checkpoint(path, weights_only=True)
-    return path
+    return True
 
 
 def trial_checkpoint(trial: FrozenTrial, run: RunConfig, store: Any) -> Path:

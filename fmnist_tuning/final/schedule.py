@@ -7,19 +7,28 @@ configuration trains once more on the same 55k/5k split, from the trial's seed, 
 model then takes whichever schedule scored higher on validation: that longer one, stopped after
 its best epoch, or the trial's own (its schedule, stopped after its best epoch). A tie keeps the
 trial's own: the shorter one. The test set plays no part in the choice.
+
+Under ``--timeout`` the longer schedule is as long as the time left allows
+(:func:`fmnist_tuning.search.deadline.plan_final`), and its run stops before an epoch that would
+end after the deadline; its best-epoch weights are kept, so that the final model can be that
+run's when no retrain fits in the time left.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from optuna.trial import FrozenTrial
 
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.keys import VAL_CURVE
-from fmnist_tuning.training.callbacks import ValHistory
+from fmnist_tuning.keys import VAL_ACC, VAL_CURVE
+from fmnist_tuning.search import deadline
+from fmnist_tuning.training.callbacks import StopBefore, ValHistory
 from fmnist_tuning.training.recipe import TrialConfig
 from fmnist_tuning.training.trainer import build_datamodule, build_module, build_trainer
 
@@ -52,34 +61,77 @@ def best_epoch(curve: list[float]) -> int:
     return 1 + max(range(len(curve)), key=lambda i: (curve[i], -i)) if curve else 0
 
 
-def candidate(schedule_epochs: int, curve: list[float]) -> dict[str, Any]:
-    """One schedule as scored on validation: its length, best epoch, best value and curve."""
+def candidate(
+    schedule_epochs: int, curve: list[float], seconds: float | None = None
+) -> dict[str, Any]:
+    """One schedule as scored on validation: its length, best epoch, best value and curve (and
+    the seconds its run took, for a run made here)."""
     epochs = best_epoch(curve)
-    return {
+    scored: dict[str, Any] = {
         "schedule_epochs": schedule_epochs,
         "epochs": epochs,
         "val_acc": curve[epochs - 1] if curve else None,
         "curve": [round(v, 6) for v in curve],
     }
+    if seconds is not None:
+        scored["seconds"] = round(seconds, 1)
+    return scored
 
 
 def validation_curve(
-    config: TrialConfig, run: RunConfig, schedule_epochs: int, seed: int
+    config: TrialConfig,
+    run: RunConfig,
+    schedule_epochs: int,
+    seed: int,
+    stop_at: float | None = None,
+    checkpoint: Path | None = None,
 ) -> list[float]:
     """Trains ``config`` on the training split with a ``schedule_epochs``-epoch schedule.
 
-    Returns its validation accuracy after every epoch (no early stopping: one-cycle schedules
-    usually peak near their end).
+    Args:
+        stop_at: Stop before an epoch that would end after this wall-clock time.
+        checkpoint: Where to keep the weights of its best epoch on validation (none if None).
+
+    Returns:
+        Its validation accuracy after every epoch (no early stopping: one-cycle schedules
+        usually peak near their end).
     """
     pl.seed_everything(seed, verbose=False)
     history = ValHistory()
-    trainer = build_trainer(run, callbacks=[history], max_epochs=schedule_epochs)
+    callbacks: list[Callback] = [history]
+    if stop_at is not None:
+        callbacks.append(StopBefore(stop_at, deadline.now))
+    if checkpoint is not None:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=checkpoint.parent,
+                filename=checkpoint.stem,
+                monitor=VAL_ACC,
+                mode="max",
+                save_top_k=1,
+                save_weights_only=True,
+                enable_version_counter=False,
+            )
+        )
+    trainer = build_trainer(run, callbacks=callbacks, max_epochs=schedule_epochs)
     trainer.fit(build_module(config), datamodule=build_datamodule(config, run))
     return history.values
 
 
-def choose(best: FrozenTrial, config: TrialConfig, run: RunConfig) -> dict[str, Any]:
+def choose(
+    best: FrozenTrial,
+    config: TrialConfig,
+    run: RunConfig,
+    longer: int | None = None,
+    stop_at: float | None = None,
+    checkpoint: Path | None = None,
+) -> dict[str, Any]:
     """The final model's schedule for the study's best trial, chosen on validation.
+
+    Args:
+        longer: The longer schedule to try (0: none); by default :func:`longer_schedule`.
+        stop_at: Its run stops before an epoch that would end after this wall-clock time.
+        checkpoint: Where its run keeps its best-epoch weights (none if None).
 
     Returns:
         ``{"rule", "candidates", "chosen"}``: every schedule scored (the trial's own first), and
@@ -87,7 +139,8 @@ def choose(best: FrozenTrial, config: TrialConfig, run: RunConfig) -> dict[str, 
     """
     own = candidate(run.max_epochs, trial_curve(best))
     candidates = [own]
-    if longer := longer_schedule(run):
+    longer = longer_schedule(run) if longer is None else longer
+    if longer:
         log.info(
             "validating a %d-epoch schedule for trial %d on the validation split (its own: %d "
             "epochs, val_acc %.4f)",
@@ -96,8 +149,9 @@ def choose(best: FrozenTrial, config: TrialConfig, run: RunConfig) -> dict[str, 
             run.max_epochs,
             own["val_acc"],
         )
-        curve = validation_curve(config, run, longer, seed=run.seed + best.number)
-        candidates.append(candidate(longer, curve))
+        start = time.perf_counter()
+        curve = validation_curve(config, run, longer, run.seed + best.number, stop_at, checkpoint)
+        candidates.append(candidate(longer, curve, time.perf_counter() - start))
     chosen = max(range(len(candidates)), key=lambda i: (candidates[i]["val_acc"] or 0.0, -i))
     log.info(
         "final schedule: %d epochs of %d (val_acc %.4f)",

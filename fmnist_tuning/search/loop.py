@@ -27,6 +27,7 @@ from fmnist_tuning.config import RunConfig
 from fmnist_tuning.faults import Interrupted, NonFiniteLoss, defer_interrupts, raise_if_interrupted
 from fmnist_tuning.keys import CLAIM_LOCK, EPOCHS, WORKER
 from fmnist_tuning.runtime import release_memory, spare_long_lived_objects
+from fmnist_tuning.search import deadline
 from fmnist_tuning.search.cleanup import Cleanup
 from fmnist_tuning.search.front import accuracy
 from fmnist_tuning.search.objective import Objective
@@ -125,10 +126,15 @@ def _wait(seconds: float) -> None:
         time.sleep(min(0.2, seconds))
 
 
-def _stop_reason(study: optuna.Study, run: RunConfig, deadline: float | None) -> str | None:
-    """Why no further trial should start here (timeout, patience, exhausted grid), if any."""
-    if deadline is not None and time.monotonic() >= deadline:
+def _stop_reason(study: optuna.Study, run: RunConfig, search_stop: float | None) -> str | None:
+    """Why no further trial should start here (timeouts, patience, exhausted grid), if any."""
+    if search_stop is not None and time.monotonic() >= search_stop:
         return "timeout"
+    if (stop := deadline.search_deadline(study, run)) is not None:
+        epochs = [deadline.seconds_per_epoch(t) for t in study.get_trials(deepcopy=False)]
+        shortest = min((e for e in epochs if e is not None), default=0.0)
+        if deadline.now() + shortest >= stop:  # not even one epoch fits
+            return "the rest of --timeout is kept for the final model and report: search stopped"
     if run.patience and (since := trials_since_best(study)) >= run.patience:
         return f"no new best value in {since} finished trials: stopping (--patience)"
     sampler = study.sampler
@@ -143,7 +149,11 @@ def optimize(
     parent_pid: int | None = None,
     objective: Objective | None = None,
 ) -> None:
-    """Runs trials until the study holds ``n_trials`` finished ones, the timeout, or patience.
+    """Runs trials until the study holds ``n_trials`` finished ones, a timeout, or patience.
+
+    ``--search-timeout`` counts from this call, as Optuna's ``timeout``; ``--timeout`` ends the
+    search when the rest of the job's time is needed for the final model
+    (:func:`fmnist_tuning.search.deadline.search_deadline`).
 
     Every worker process, here or on other machines, may run this on the same study. Before each
     trial it counts the finished and running trials of the whole study, taking turns with the
@@ -168,11 +178,11 @@ def optimize(
     done = finished(count_states(study))
     if done and parent_pid is None:
         log.info("resuming study %r: %d finished trials already", run.study_name, done)
-    deadline = None if run.timeout is None else time.monotonic() + run.timeout
+    search_stop = None if run.search_timeout is None else time.monotonic() + run.search_timeout
     objective = objective or Objective(run)
     cleanup = Cleanup(run.output_dir, objective.store)
     callbacks = [
-        lambda s, t: log_trial(s, t, n_trials=run.n_trials, deadline=deadline),
+        lambda s, t: log_trial(s, t, n_trials=run.n_trials, search_stop=search_stop, run=run),
         lambda s, _: cleanup.prune(s),
         release_memory,
     ]
@@ -186,7 +196,7 @@ def optimize(
         try:
             while True:
                 raise_if_interrupted()
-                if (reason := _stop_reason(study, run, deadline)) is not None:
+                if (reason := _stop_reason(study, run, search_stop)) is not None:
                     if reason != "timeout":
                         log.info("%s", reason)
                     break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -35,11 +36,13 @@ from fmnist_tuning.keys import (
     VAL_CURVE,
     trial_name,
 )
-from fmnist_tuning.search import budget, front
+from fmnist_tuning.search import budget, deadline, front
 from fmnist_tuning.search.space import suggest_config
-from fmnist_tuning.training.callbacks import TrialGuard, ValHistory
+from fmnist_tuning.training.callbacks import StopBefore, TrialGuard, ValHistory
 from fmnist_tuning.training.recipe import TrialConfig
 from fmnist_tuning.training.trainer import build_datamodule, build_module, build_trainer
+
+log = logging.getLogger(__name__)
 
 DataModuleFactory = Callable[[TrialConfig, RunConfig], pl.LightningDataModule]
 
@@ -57,6 +60,9 @@ def _remove_checkpoint(checkpoint: ModelCheckpoint) -> None:
 
 class Objective:
     """Trains one trial's configuration and returns its best validation accuracy.
+
+    Under ``--timeout`` a trial stops before an epoch that would end after the search's end
+    (:func:`fmnist_tuning.search.deadline.search_deadline`) and completes with what it reached.
 
     Records on the trial: ``epochs`` trained, ``train_seconds``, its network's ``params`` and
     ``latency_ms`` (:mod:`fmnist_tuning.search.budget`; under a budget also as constraints), its
@@ -105,6 +111,11 @@ class Objective:
             enable_version_counter=False,
         )
         latency = budget.LatencyProbe(trial, run)
+        # Under --timeout: the trial ends before an epoch that would eat into the final model's time.
+        stop_at = (
+            deadline.search_deadline(trial.study, run) if isinstance(trial, optuna.Trial) else None
+        )
+        clock = [StopBefore(stop_at, deadline.now)] if stop_at is not None else []
         callbacks: list[Callback] = [
             TrialGuard(),  # a signal or a non-finite loss ends the trial at the next batch
             history,
@@ -118,6 +129,7 @@ class Objective:
             ),
             EarlyStopping(monitor=VAL_ACC, mode="max", patience=run.early_stopping),
             checkpoint,
+            *clock,
             *self.extra_callbacks,
         ]
         logger = TensorBoardLogger(
@@ -162,6 +174,13 @@ class Objective:
             if torch.cuda.is_available():
                 gc.collect()  # before empty_cache, so the trial's tensors are really released
                 torch.cuda.empty_cache()
+        if clock and clock[0].cut:
+            log.info(
+                "trial %d stopped after %d epochs: the rest of --timeout is kept for the final "
+                "model",
+                trial.number,
+                len(history.values),
+            )
         if out_of_memory:
             _remove_checkpoint(checkpoint)
             trial.set_user_attr(FAIL_REASON, out_of_memory)

@@ -9,8 +9,10 @@ import time
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from fmnist_tuning.config import RunConfig
 from fmnist_tuning.faults import Interrupted, TrialFailure
 from fmnist_tuning.keys import EPOCHS, LATENCY_MS, PARAMS
+from fmnist_tuning.search import deadline
 from fmnist_tuning.search.states import FINISHED, count_states, feasible, finished, rungs
 
 log = logging.getLogger("fmnist_tuning")
@@ -76,7 +78,8 @@ def log_trial(
     trial: FrozenTrial,
     *,
     n_trials: int | None = None,
-    deadline: float | None = None,
+    search_stop: float | None = None,
+    run: RunConfig | None = None,
 ) -> None:
     """One line per finished trial: study progress, the trial, the best so far, pruned, time left.
 
@@ -88,7 +91,9 @@ def log_trial(
         study: The study (all workers' trials count).
         trial: The trial that just finished.
         n_trials: The study's total of finished trials (``--n-trials``), for "i/N" and the estimate.
-        deadline: ``time.monotonic()`` after which no new trial starts (``--timeout``).
+        search_stop: ``time.monotonic()`` after which no new trial starts (``--search-timeout``).
+        run: The study-wide settings: under ``--timeout``, the search's end
+            (:func:`fmnist_tuning.search.deadline.search_deadline`) counts too.
     """
     counts = count_states(study)
     done = finished(counts)
@@ -109,8 +114,10 @@ def log_trial(
         if durations:  # the mean trial so far, shared among the trials running in parallel
             per_trial = sum(durations) / len(durations) / (1 + counts[TrialState.RUNNING])
             left.append(max(n_trials - done, 0) * per_trial)
-    if deadline is not None:
-        left.append(deadline - time.monotonic())
+    if search_stop is not None:
+        left.append(search_stop - time.monotonic())
+    if run is not None and (stop := deadline.search_deadline(study, run)) is not None:
+        left.append(stop - deadline.now())
     eta = f" | ~{format_duration(min(left))} left" if left else ""
     log.info("%s %s | %s | %s%s", progress, describe(trial), best, tally, eta)
 

@@ -1,7 +1,10 @@
-"""The project's own Lightning callbacks: stop on a signal, a bad loss or an epoch; the curve."""
+"""The project's own Lightning callbacks: stop on a signal, a bad loss, an epoch or the clock;
+the curve."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -97,6 +100,32 @@ class StopAfterEpochs(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch + 1 >= self.epochs:
             trainer.should_stop = True
+
+
+class StopBefore(Callback):
+    """Ends training before an epoch that would end after ``stop_at`` (a wall-clock time).
+
+    The next epoch's length is predicted as the mean of the epochs so far (validation included),
+    so a run that cannot finish its schedule in time stops at an epoch boundary, with its last
+    validation and checkpoint done. ``cut`` tells whether it stopped early.
+    """
+
+    def __init__(self, stop_at: float, clock: Callable[[], float] = time.time) -> None:
+        self.stop_at, self.clock = stop_at, clock
+        self.started: float | None = None
+        self.cut = False
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started = self.clock()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.started is None or trainer.should_stop:
+            return
+        now = self.clock()
+        per_epoch = (now - self.started) / (trainer.current_epoch + 1)
+        last = trainer.current_epoch + 1 >= (trainer.max_epochs or 0) > 0
+        if now + per_epoch > self.stop_at and not last:
+            trainer.should_stop = self.cut = True
 
 
 class KeepSignalHandlers(Callback):

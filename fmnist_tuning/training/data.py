@@ -139,6 +139,20 @@ def random_flip(x: torch.Tensor) -> torch.Tensor:
     return torch.where(mirrored[:, None, None], img.flip(-1), img).reshape(b, -1)
 
 
+def random_shift(x: torch.Tensor, pixels: int, background: float) -> torch.Tensor:
+    """Moves each image of a batch of flattened images (B, 784) by its own random offset of up to
+    ``pixels`` in each direction, filling the uncovered border with ``background``.
+
+    One padded copy and one index gather on x's device, with torch's global generator.
+    """
+    b, side = x.shape[0], IMAGE_SIDE
+    padded = torch.nn.functional.pad(x.view(b, side, side), (pixels,) * 4, value=background)
+    dy, dx = torch.randint(0, 2 * pixels + 1, (2, b, 1), device=x.device)
+    steps = torch.arange(side, device=x.device)
+    rows, cols = (dy + steps)[:, :, None], (dx + steps)[:, None, :]
+    return padded[torch.arange(b, device=x.device)[:, None, None], rows, cols].reshape(b, -1)
+
+
 def normalise(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     """uint8 pixels → float32 standardised with the given (training) mean and std in [0, 1] units."""
     return images.float().sub_(255 * mean).div_(255 * std)
@@ -156,6 +170,7 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         eval_batch_size: Batch size for validation; small enough that the widest
             models' evaluation activations stay a small part of a trial's memory.
         flip: Random horizontal flips of training batches (on the device, after transfer).
+        shift: Random shifts of training batches by up to this many pixels (0: none).
         full_train: Train on all 60,000 official training images (the validation images too), for
             the final model of a finished study; its validation batches are then training images,
             so such a run validates nothing (the retrain sets ``limit_val_batches=0``).
@@ -170,8 +185,10 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         eval_batch_size: int = 1_000,
         flip: bool = False,
         full_train: bool = False,
+        shift: int = 0,
     ) -> None:
         super().__init__()
+        self.shift = shift
         self.full_train = full_train
         self.flip = flip
         self.data_dir = Path(data_dir)
@@ -235,12 +252,17 @@ class FashionMNISTDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(
         self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flips training batches (with ``flip``); validation images stay as they are."""
+        """Flips and shifts training batches (with ``flip``, ``shift``); validation images stay
+        as they are."""
         trainer = self.trainer
-        if not self.flip or trainer is None or not trainer.training:
+        if trainer is None or not trainer.training or self.splits is None:
             return batch
         x, y = batch
-        return random_flip(x), y
+        if self.flip:
+            x = random_flip(x)
+        if self.shift:
+            x = random_shift(x, self.shift, -self.splits.mean / self.splits.std)
+        return x, y
 
     def teardown(self, stage: str | None = None) -> None:
         """Drops this module's references; the process-wide cache keeps the shared tensors."""

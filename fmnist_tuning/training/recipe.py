@@ -37,11 +37,12 @@ class TrialConfig:
     label_smoothing: float = LABEL_SMOOTHING  # fixed, not searched: see the module docstring
     scheduler: str = SCHEDULER  # learning-rate schedule over the planned epochs (none, onecycle)
     flip: bool = FLIP  # random horizontal flips of training images
+    shift: int = 0  # random shifts of training images by up to this many pixels (0: none)
 
     def model_kwargs(self) -> dict[str, Any]:
         """Arguments of :class:`fmnist_tuning.training.model.FashionMNISTClassifier`."""
         kwargs = asdict(self)
-        for data_only in ("batch_size", "flip"):
+        for data_only in ("batch_size", "flip", "shift"):
             kwargs.pop(data_only)
         kwargs["hidden_sizes"] = list(self.hidden_sizes)
         return kwargs

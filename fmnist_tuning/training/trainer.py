@@ -81,4 +81,5 @@ def build_datamodule(
         seed=run.seed,
         flip=config.flip,
         full_train=full_train,
+        shift=config.shift,
     )

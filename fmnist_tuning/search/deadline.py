@@ -1,0 +1,156 @@
+"""The whole job's clock: what the final model will cost, and when the search must stop for it.
+
+``--timeout T`` bounds the whole job: search, final model, test pass and report. The final model's
+cost is predicted from what the study measured: the best trial's seconds per epoch
+(``train_seconds / epochs``) times the epochs of its final stage (a validation run of the final
+schedule on the 55k/5k split, then the retrain on all 60k images, whose epochs cost 60k/55k as
+much). The search keeps that much time, plus :data:`REPORT_SECONDS`, for the final stage of the
+best trial so far, and stops starting trials (and cuts a running one) when the rest is used up.
+Every process and machine of a study computes this from the same stored trials and its own start,
+so the machine that makes the final model and the ones that wait for it all stop searching in time.
+
+Without any timeout the final stage stays in proportion to the search: its schedule is at most
+half the epochs the search trained in all (the validation run and the retrain then cost about
+what the search did), and never longer than ``--final-epochs``.
+
+Times are wall-clock (``time.time``): a deadline is shared by a job's worker processes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from fmnist_tuning.config import RunConfig
+from fmnist_tuning.keys import EPOCHS, TRAIN_SECONDS
+from fmnist_tuning.search import front
+
+# Kept for the test pass, best.json and the report after the final training (measured: about
+# 10 s for the report and 1 s for the test pass on 2 cores; the rest is margin).
+REPORT_SECONDS = 30.0
+TRAIN_IMAGES = 60_000  # the official training set: the retrain's epoch
+PROPORTION = 2  # without a timeout: the final schedule is at most 1/PROPORTION of search epochs
+RULE = (
+    "the search keeps the predicted time of the best trial's final stage (its seconds per epoch "
+    "x the final schedule, validated then retrained) plus {report:g} s for the test pass and "
+    "report, and stops there; the final schedule is --final-epochs, or as many epochs as the "
+    "time left allows"
+)
+PROPORTIONAL_RULE = (
+    "no timeout: the final schedule is at most half the epochs the search trained "
+    "(and at most --final-epochs)"
+)
+
+
+def now() -> float:
+    """The wall clock, in seconds (one place, so tests can move time)."""
+    return time.time()
+
+
+def job_deadline(run: RunConfig) -> float | None:
+    """When the whole job must be done (``--timeout`` after its start); None without a timeout."""
+    if run.timeout is None:
+        return None
+    return (run.started_at if run.started_at is not None else now()) + run.timeout
+
+
+def seconds_per_epoch(trial: FrozenTrial) -> float | None:
+    """The trial's measured training time per epoch (validation included); None before any."""
+    epochs, seconds = trial.user_attrs.get(EPOCHS), trial.user_attrs.get(TRAIN_SECONDS)
+    return seconds / epochs if epochs and seconds else None
+
+
+def retrain_factor(run: RunConfig) -> float:
+    """How much one epoch on all training images costs relative to one on the training split."""
+    return TRAIN_IMAGES / max(TRAIN_IMAGES - run.val_size, 1)
+
+
+def final_seconds(per_epoch: float, schedule_epochs: int, run: RunConfig) -> float:
+    """The predicted seconds of a final stage: a ``schedule_epochs`` validation run (when longer
+    than the trials' schedule) and a retrain of that many epochs on all training images."""
+    validation = schedule_epochs if schedule_epochs > run.max_epochs else 0
+    retrain = schedule_epochs * retrain_factor(run) if run.retrain else 0.0
+    return per_epoch * (validation + retrain)
+
+
+def _best(study: optuna.Study) -> FrozenTrial | None:
+    """The best finished trial so far (the one the final stage would be made of), if any."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None
+    try:
+        return front.best_trial(study)
+    except ValueError:  # no feasible trial yet
+        return None
+
+
+def search_deadline(study: optuna.Study, run: RunConfig) -> float | None:
+    """When this process's search must stop: ``--search-timeout`` after the search started, or
+    the job's deadline less the final stage the best trial so far needs; None for neither.
+
+    Before any trial finished, the final stage's cost is unknown: the search may run until the
+    first trial finishes, which then sets it.
+    """
+    stops = []
+    if run.search_timeout is not None:
+        stops.append((run.started_at if run.started_at is not None else now()) + run.search_timeout)
+    if (end := job_deadline(run)) is not None:
+        best = _best(study) if run.test else None
+        per_epoch = seconds_per_epoch(best) if best is not None else None
+        reserve = REPORT_SECONDS
+        if per_epoch is not None:
+            reserve += final_seconds(per_epoch, run.final_epochs, run)
+        stops.append(end - reserve)
+    return min(stops, default=None)
+
+
+@dataclass(frozen=True)
+class FinalPlan:
+    """How long the best trial's final stage trains, and when it must stop."""
+
+    schedule_epochs: int  # the longer schedule to validate; 0: the trial's own stands
+    retrain: bool  # whether a retrain on all training images fits
+    stop_at: float | None  # when final training must end (the job's deadline less the report's)
+    per_epoch: float | None  # the best trial's measured seconds per epoch
+    rule: str  # how the schedule's length was chosen
+
+
+def plan_final(study: optuna.Study, best: FrozenTrial, run: RunConfig) -> FinalPlan:
+    """The final stage of ``best`` that the time left (or, without a timeout, the search) allows.
+
+    With a timeout: the longest schedule up to ``--final-epochs`` whose validation run and
+    retrain fit before the deadline; when no longer schedule fits, the trial's own schedule, and a
+    retrain only if its best epoch's worth of training fits too.
+    """
+    per_epoch = seconds_per_epoch(best)
+    end = job_deadline(run)
+    if end is None:
+        trained = sum(
+            int(t.user_attrs.get(EPOCHS) or 0)
+            for t in study.get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)
+            )
+        )
+        epochs = min(run.final_epochs, trained // PROPORTION)
+        return FinalPlan(
+            epochs if epochs > run.max_epochs else 0,
+            run.retrain,
+            None,
+            per_epoch,
+            PROPORTIONAL_RULE,
+        )
+    stop_at = end - REPORT_SECONDS
+    left = stop_at - now()
+    rule = RULE.format(report=REPORT_SECONDS)
+    if per_epoch is None:  # nothing measured (a front's trial from an old version): no long run
+        return FinalPlan(0, run.retrain, stop_at, None, rule)
+    epochs = run.final_epochs
+    while epochs > run.max_epochs and final_seconds(per_epoch, epochs, run) > left:
+        epochs -= 1
+    if epochs > run.max_epochs:
+        return FinalPlan(epochs, run.retrain, stop_at, per_epoch, rule)
+    own = int(best.user_attrs.get(EPOCHS) or run.max_epochs)
+    fits = run.retrain and per_epoch * own * retrain_factor(run) <= left
+    return FinalPlan(0, fits, stop_at, per_epoch, rule)

@@ -1,0 +1,179 @@
+"""--timeout bounds the whole job: the search stops in time for the final model, which fits what is
+left (or stops at the deadline with the weights chosen on validation)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import optuna
+import pytest
+from lightning.pytorch.callbacks import Callback
+
+from fmnist_tuning.config import RunConfig
+from fmnist_tuning.final import finalize, retrain, schedule
+from fmnist_tuning.final.classifier import load_model
+from fmnist_tuning.keys import EPOCHS, TRAIN_SECONDS
+from fmnist_tuning.search import deadline, objective
+from fmnist_tuning.search.loop import optimize
+from fmnist_tuning.search.study import load_or_create
+from fmnist_tuning.training.data import make_splits
+from fmnist_tuning.training.raw import load_raw
+
+
+class Clock:
+    """The wall clock the deadline logic reads: it moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(deadline, "now", fake)
+    return fake
+
+
+def _trial(number: int, value: float, epochs: int, seconds: float) -> optuna.trial.FrozenTrial:
+    trial = optuna.trial.create_trial(
+        value=value, user_attrs={EPOCHS: epochs, TRAIN_SECONDS: seconds}
+    )
+    trial.number = number
+    return trial
+
+
+def _study(*trials: optuna.trial.FrozenTrial) -> optuna.Study:
+    study = optuna.create_study(direction="maximize")
+    for trial in trials:
+        study.add_trial(trial)
+    return study
+
+
+def test_the_search_keeps_the_best_trials_final_stage_and_the_report_time(
+    run_config: RunConfig, clock: Clock
+) -> None:
+    run = dataclasses.replace(
+        run_config, timeout=1000, started_at=0.0, max_epochs=9, final_epochs=40
+    )
+    slow = _trial(0, 0.9, epochs=9, seconds=45.0)  # 5 s per epoch
+    final = 5.0 * 40 * (1 + deadline.retrain_factor(run))  # validation run, then the retrain
+    assert deadline.search_deadline(_study(slow), run) == pytest.approx(
+        1000 - deadline.REPORT_SECONDS - final
+    )
+    # The reserve is the best trial's: a faster, worse one changes nothing.
+    fast = _trial(1, 0.8, epochs=9, seconds=9.0)
+    assert deadline.search_deadline(_study(slow, fast), run) == pytest.approx(
+        1000 - deadline.REPORT_SECONDS - final
+    )
+    assert deadline.search_deadline(_study(), run) == 1000 - deadline.REPORT_SECONDS
+    no_timeout = dataclasses.replace(run, timeout=None)
+    assert deadline.search_deadline(_study(slow), no_timeout) is None
+
+
+def test_the_final_schedule_shrinks_to_the_time_left_and_to_the_search_without_a_timeout(
+    run_config: RunConfig, clock: Clock
+) -> None:
+    run = dataclasses.replace(
+        run_config, timeout=600, started_at=0.0, max_epochs=9, final_epochs=40
+    )
+    best = _trial(0, 0.9, epochs=9, seconds=45.0)
+    clock.now = 600 - deadline.REPORT_SECONDS - 5.0 * 25 * (1 + deadline.retrain_factor(run)) - 1e-6
+    plan = deadline.plan_final(_study(best), best, run)
+    assert (plan.schedule_epochs, plan.retrain) == (25, True)  # what fits, not --final-epochs
+    assert plan.stop_at == 600 - deadline.REPORT_SECONDS
+    clock.now = 600 - deadline.REPORT_SECONDS - 5.0 * 9 * deadline.retrain_factor(run) - 1e-6
+    plan = deadline.plan_final(_study(best), best, run)
+    assert (plan.schedule_epochs, plan.retrain) == (0, True)  # the trial's own, retrained
+    clock.now += 1
+    assert not deadline.plan_final(_study(best), best, run).retrain  # its own checkpoint
+    # Without a timeout: at most half the epochs the search trained (here 4 trials of 2).
+    small = dataclasses.replace(run, timeout=None, max_epochs=2)
+    trials = [_trial(i, 0.5 + i / 10, epochs=2, seconds=2.0) for i in range(4)]
+    assert deadline.plan_final(_study(*trials), trials[-1], small).schedule_epochs == 4
+    assert deadline.plan_final(_study(*trials[:2]), trials[1], small).schedule_epochs == 0
+
+
+def test_the_search_stops_starting_trials_when_the_final_model_needs_the_rest(
+    run_config: RunConfig, clock: Clock
+) -> None:
+    run = dataclasses.replace(
+        run_config, n_trials=50, max_epochs=1, final_epochs=1, timeout=100, started_at=0.0
+    )
+    starts: list[float] = []
+
+    class TenSeconds(objective.Objective):
+        def __call__(self, trial: optuna.Trial) -> Any:
+            starts.append(clock.now)
+            clock.now += 10
+            return super().__call__(trial)
+
+    study = load_or_create(run)
+    optimize(study, run, objective=TenSeconds(run))
+    stop = deadline.search_deadline(study, run)
+    assert stop is not None and stop < 100 - deadline.REPORT_SECONDS + 1e-9
+    assert starts and max(starts) < stop  # none started after the search's end
+    assert max(starts) + 10 + 1 > stop  # and the search did not stop sooner than it had to
+
+
+# Learns slowly: a longer schedule beats its own 2 epochs and still gains at its last epoch.
+SLOW_LEARNER = {"n_layers": 1, "n_units_l0": 128, "dropout": 0.5, "batch_norm": False,
+                "optimizer": "sgd", "lr_sgd": 1e-3, "weight_decay": 1e-6, "batch_size": 512}  # fmt: skip
+
+
+class _Tick(Callback):
+    """Moves the clock by ``seconds`` at every training epoch's end (before the clock is read)."""
+
+    def __init__(self, clock: Clock, seconds: float) -> None:
+        self.clock, self.seconds = clock, seconds
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.clock.now += self.seconds
+
+
+def _slow_final_training(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
+    """Every final training epoch takes 10 s of the fake clock."""
+    for module in (schedule, retrain):
+        build = module.build_trainer
+
+        def ticking(*args: Any, _build: Any = build, **kwargs: Any) -> pl.Trainer:
+            kwargs["callbacks"] = [_Tick(clock, 10.0), *kwargs.get("callbacks", [])]
+            return _build(*args, **kwargs)
+
+        monkeypatch.setattr(module, "build_trainer", ticking)
+
+
+def test_a_final_training_cut_at_the_deadline_keeps_the_weights_chosen_on_validation(
+    run_config: RunConfig, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = dataclasses.replace(run_config, n_trials=1, pruner="none", final_epochs=8)
+    study = load_or_create(run)
+    study.enqueue_trial(SLOW_LEARNER)
+    optimize(study, run)
+    # 45 s left for the final training, which the (fast) trials predict to be plenty; but each
+    # of its epochs takes 10 s: the validation run stops after 4 of 8, the retrain after 1.
+    clock.now = 100.0
+    timed = dataclasses.replace(run, timeout=45 + deadline.REPORT_SECONDS, started_at=100.0)
+    _slow_final_training(monkeypatch, clock)
+    result = finalize.finalize(study, timed)
+    assert result is not None
+    assert clock.now <= 100 + 45 + 10  # the last epoch started in time
+    candidates = result["final_schedule"]["candidates"]
+    assert candidates[1]["schedule_epochs"] == 8 and len(candidates[1]["curve"]) == 4
+    assert result["final_schedule"]["chosen"] == 1 and candidates[1]["epochs"] > 1
+    assert not result["retrained_on_full_train"]
+    assert "stopped at the deadline" in result["time_split"]["note"]
+    chosen = candidates[result["final_schedule"]["chosen"]]
+    assert result["final_epochs"] == chosen["epochs"]
+    # The file scored is the chosen schedule's best epoch: it scores its validation accuracy.
+    splits = make_splits(load_raw(run.data_dir), run.val_size, run.seed)
+    model = load_model(Path(result["checkpoint"]))
+    images, labels = splits.images[splits.val_idx], splits.labels[splits.val_idx]
+    accuracy = float((model.predict(images) == labels).float().mean())
+    assert accuracy == pytest.approx(chosen["val_acc"], abs=1e-6)
+    assert not list((run.output_dir / "checkpoints").glob(".*"))  # no scratch file left
