@@ -55,14 +55,15 @@ def _study(*trials: optuna.trial.FrozenTrial) -> optuna.Study:
     return study
 
 
-def test_the_search_keeps_the_best_trials_final_stage_and_the_report_time(
+def test_the_search_keeps_the_best_trials_final_stage_or_its_share_and_the_report_time(
     run_config: RunConfig, clock: Clock
 ) -> None:
     run = dataclasses.replace(
         run_config, timeout=1000, started_at=0.0, max_epochs=9, final_epochs=40
     )
-    slow = _trial(0, 0.9, epochs=9, seconds=45.0)  # 5 s per epoch
-    final = 5.0 * 40 * (1 + deadline.retrain_factor(run))  # validation run, then the retrain
+    slow = _trial(0, 0.9, epochs=9, seconds=90.0)  # 10 s per epoch
+    final = 10.0 * 40 * (1 + deadline.retrain_factor(run))  # validation run, then the retrain
+    assert final > deadline.FINAL_SHARE * 1000
     assert deadline.search_deadline(_study(slow), run) == pytest.approx(
         1000 - deadline.REPORT_SECONDS - final
     )
@@ -71,7 +72,11 @@ def test_the_search_keeps_the_best_trials_final_stage_and_the_report_time(
     assert deadline.search_deadline(_study(slow, fast), run) == pytest.approx(
         1000 - deadline.REPORT_SECONDS - final
     )
-    assert deadline.search_deadline(_study(), run) == 1000 - deadline.REPORT_SECONDS
+    # A fast best trial, or none yet: the final stage's share of the timeout is kept.
+    share = 1000 - deadline.REPORT_SECONDS - deadline.FINAL_SHARE * 1000
+    fast.values = [0.95]
+    assert deadline.search_deadline(_study(slow, fast), run) == pytest.approx(share)
+    assert deadline.search_deadline(_study(), run) == pytest.approx(share)
     no_timeout = dataclasses.replace(run, timeout=None)
     assert deadline.search_deadline(_study(slow), no_timeout) is None
 
@@ -103,7 +108,7 @@ def test_the_search_stops_starting_trials_when_the_final_model_needs_the_rest(
     run_config: RunConfig, clock: Clock
 ) -> None:
     run = dataclasses.replace(
-        run_config, n_trials=50, max_epochs=1, final_epochs=1, timeout=100, started_at=0.0
+        run_config, n_trials=50, max_epochs=1, final_epochs=1, timeout=200, started_at=0.0
     )
     starts: list[float] = []
 
@@ -116,7 +121,10 @@ def test_the_search_stops_starting_trials_when_the_final_model_needs_the_rest(
     study = load_or_create(run)
     optimize(study, run, objective=TenSeconds(run))
     stop = deadline.search_deadline(study, run)
-    assert stop is not None and stop < 100 - deadline.REPORT_SECONDS + 1e-9
+    assert (
+        stop is not None
+        and stop < 200 - deadline.REPORT_SECONDS - deadline.FINAL_SHARE * 200 + 1e-9
+    )
     assert starts and max(starts) < stop  # none started after the search's end
     assert max(starts) + 10 + 1 > stop  # and the search did not stop sooner than it had to
 
@@ -137,12 +145,12 @@ class _Tick(Callback):
 
 
 def _slow_final_training(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
-    """Every final training epoch takes 10 s of the fake clock."""
+    """Every final training epoch takes 3 s of the fake clock."""
     for module in (schedule, retrain):
         build = module.build_trainer
 
         def ticking(*args: Any, _build: Any = build, **kwargs: Any) -> pl.Trainer:
-            kwargs["callbacks"] = [_Tick(clock, 10.0), *kwargs.get("callbacks", [])]
+            kwargs["callbacks"] = [_Tick(clock, 3.0), *kwargs.get("callbacks", [])]
             return _build(*args, **kwargs)
 
         monkeypatch.setattr(module, "build_trainer", ticking)
@@ -151,20 +159,22 @@ def _slow_final_training(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
 def test_a_final_training_cut_at_the_deadline_keeps_the_weights_chosen_on_validation(
     run_config: RunConfig, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run = dataclasses.replace(run_config, n_trials=1, pruner="none", final_epochs=8)
+    run = dataclasses.replace(run_config, n_trials=1, pruner="none")
     study = load_or_create(run)
     study.enqueue_trial(SLOW_LEARNER)
     optimize(study, run)
-    # 45 s left for the final training, which the (fast) trials predict to be plenty; but each
-    # of its epochs takes 10 s: the validation run stops after 4 of 8, the retrain after 1.
+    # 20 s left for the final training. The trial predicts 1 s per epoch: a validation run of 9
+    # epochs and its retrain (60k/59.9k as long) fit. Each epoch takes 3 s, though: the validation
+    # run stops after 6 (18 s; a 7th would end at 21 s), and the retrain after 1 of its 6.
+    monkeypatch.setattr(deadline, "seconds_per_epoch", lambda trial: 1.0)
     clock.now = 100.0
-    timed = dataclasses.replace(run, timeout=45 + deadline.REPORT_SECONDS, started_at=100.0)
+    timed = dataclasses.replace(run, timeout=20 + deadline.REPORT_SECONDS, started_at=100.0)
     _slow_final_training(monkeypatch, clock)
     result = finalize.finalize(study, timed)
     assert result is not None
-    assert clock.now <= 100 + 45 + 10  # the last epoch started in time
+    assert clock.now <= 100 + 20 + 3  # the last epoch started in time
     candidates = result["final_schedule"]["candidates"]
-    assert candidates[1]["schedule_epochs"] == 8 and len(candidates[1]["curve"]) == 4
+    assert candidates[1]["schedule_epochs"] == 9 and len(candidates[1]["curve"]) == 6
     assert result["final_schedule"]["chosen"] == 1 and candidates[1]["epochs"] > 1
     assert not result["retrained_on_full_train"]
     assert "stopped at the deadline" in result["time_split"]["note"]
