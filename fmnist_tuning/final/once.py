@@ -105,7 +105,7 @@ def _make_and_score(
     """
     begun = deadline.now()
     plan = deadline.plan_final(study, best, run)
-    made = _train(best, run, store, plan)
+    made = train_final(best, run, store, plan)
     trained = deadline.now()
     try:
         if (other := _made_meanwhile(study, best.number, lock)) is not None:
@@ -154,7 +154,7 @@ def _make_and_score(
 
 
 @dataclass
-class _Made:
+class FinalModel:
     """A final model trained here (or the trial's own checkpoint), before its test pass."""
 
     model: Path  # the file to score
@@ -172,12 +172,18 @@ class _Made:
             path.unlink(missing_ok=True)
 
 
-def _train(best: FrozenTrial, run: RunConfig, store: Any, plan: deadline.FinalPlan) -> _Made:
+def train_final(
+    best: FrozenTrial, run: RunConfig, store: Any, plan: deadline.FinalPlan
+) -> FinalModel:
     """Trains the final model ``plan`` allows: the validated schedule, then the retrain on all
-    60k images if it fits in the time left; else the best-epoch weights chosen on validation."""
+    60k images if it fits in the time left; else the best-epoch weights chosen on validation.
 
-    def own() -> _Made:  # the trial's own best-epoch weights (fetched only when needed)
-        return _Made(
+    Reads nothing of the test set (``benchmarks/deadline.py`` runs it to compare settings).
+    Call :meth:`FinalModel.discard` when done with it.
+    """
+
+    def own() -> FinalModel:  # the trial's own best-epoch weights (fetched only when needed)
+        return FinalModel(
             trial_checkpoint(best, run, store), None, False, best_epoch(best), run.max_epochs
         )
 
@@ -207,7 +213,7 @@ def _train(best: FrozenTrial, run: RunConfig, store: Any, plan: deadline.FinalPl
         schedule_epochs,
     )
     part = place.with_name(f".{place.name}.{pid}.part")
-    made = _Made(part, place, True, epochs, schedule_epochs, choice, scratch=[part, validated])
+    made = FinalModel(part, place, True, epochs, schedule_epochs, choice, scratch=[part, validated])
     seed = run.seed + best.number
     if retrain_full(config, run, epochs, part, seed, schedule_epochs, plan.stop_at):
         return made
@@ -216,8 +222,8 @@ def _train(best: FrozenTrial, run: RunConfig, store: Any, plan: deadline.FinalPl
 
 
 def _validated(
-    own: Callable[[], _Made], choice: dict[str, Any], validated: Path, place: Path, note: str
-) -> _Made:
+    own: Callable[[], FinalModel], choice: dict[str, Any], validated: Path, place: Path, note: str
+) -> FinalModel:
     """The best-epoch weights of the schedule chosen on validation: the validation run's, or the
     trial's own."""
     log.warning("%s: the final model is the weights chosen on validation", note)
@@ -226,7 +232,7 @@ def _validated(
         validated.unlink(missing_ok=True)
         return dataclasses.replace(own(), choice=choice, note=note)
     kept = place.with_name(f"{place.stem}_validation_run.ckpt")
-    return _Made(
+    return FinalModel(
         validated,
         kept,
         False,

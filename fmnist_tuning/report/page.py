@@ -166,16 +166,22 @@ def _test(result: dict[str, Any] | None, data_dir: Path | None, test: bool) -> d
         except DataError as err:
             grid_note = f"Test images not shown: {err}"
     kind = "the trial's checkpoint"
+    choice = result.get("schedule_choice")
+    if not result["retrained"] and choice and choice["chosen"]:
+        kind = (
+            f"the {result['schedule_epochs']}-epoch validation run's best epoch "
+            f"({result['epochs']}; not retrained on all training images)"
+        )
     if result["retrained"]:
         kind = (
             f"retrained on all training images: {result['epochs']} epochs of a "
             f"{result['schedule_epochs']}-epoch schedule"
         )
-        if choice := result.get("schedule_choice"):
-            scored = ", ".join(
-                f"{c['schedule_epochs']} epochs: {c['val_acc']:.4f}" for c in choice["candidates"]
-            )
-            kind += f", chosen on validation ({scored})"
+    if choice:
+        scored = ", ".join(
+            f"{c['schedule_epochs']} epochs: {c['val_acc']:.4f}" for c in choice["candidates"]
+        )
+        kind += f", chosen on validation ({scored})"
     return {
         "skipped": None,
         "score": _score(result),
@@ -190,7 +196,20 @@ def _test(result: dict[str, Any] | None, data_dir: Path | None, test: bool) -> d
         "grid_png": grid_png,
         "grid_uri": None if grid_png is None else _png_uri(grid_png),
         "grid_note": grid_note,
+        "time": _time_split(result.get("time")),
     }
+
+
+def _time_split(split: dict[str, Any] | None) -> str | None:
+    """How the run that made the final model spent its time, in one sentence (None: not known)."""
+    if not split or split.get("search_seconds") is None:
+        return None
+    limit = f" of --timeout {split['timeout']:g} s" if split.get("timeout") else ""
+    note = f" ({split['note']})" if split.get("note") else ""
+    return (
+        f"Search {split['search_seconds']:.0f} s, final training {split['final_seconds']:.0f} s"
+        f"{limit}{note}. Rule: {split['rule']}."
+    )
 
 
 # The trial table's own columns; the trial's hyperparameters follow.

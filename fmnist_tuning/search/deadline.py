@@ -1,19 +1,21 @@
 """The whole job's clock: what the final model will cost, and when the search must stop for it.
 
-``--timeout T`` bounds the whole job: search, final model, test pass and report. The final model's
+``--timeout T`` bounds the whole job: search, final model, test pass and report. The final stage's
 cost is predicted from what the study measured: the best trial's seconds per epoch
 (``train_seconds / epochs``) times the epochs of its final stage (a validation run of the final
 schedule on the 55k/5k split, then the retrain on all 60k images, whose epochs cost 60k/55k as
-much). The search keeps that much time for ``--final-epochs`` of the best trial so far, and at
-least :data:`FINAL_SHARE` of the timeout, plus :data:`REPORT_SECONDS`, and stops starting trials
-(and cuts a running one) when the rest is used up. The final schedule is then as long as the time
-left allows, up to :data:`MAX_FINAL_EPOCHS`.
+much). The search keeps for it the time ``--final-epochs`` of the best trial so far would take, but
+at most :data:`FINAL_SHARE` of the timeout, plus :data:`REPORT_SECONDS` for the test pass and
+report; it stops starting trials (and cuts a running one) when the rest is used up. The final
+schedule is then as long as the time left allows, up to ``--final-epochs``. The first trial always
+runs (cut short if need be): it measures what the final stage costs.
+
 Every process and machine of a study computes this from the same stored trials and its own start,
 so the machine that makes the final model and the ones that wait for it all stop searching in time.
 
-Without any timeout the final stage stays in proportion to the search: its schedule is at most
-half the epochs the search trained in all (the validation run and the retrain then cost about
-what the search did), and never longer than ``--final-epochs``.
+Without a timeout the final stage stays in proportion to the search: its schedule is at most half
+the epochs the search trained in all (the validation run and the retrain then cost about what the
+search did), and at most ``--final-epochs``.
 
 Times are wall-clock (``time.time``): a deadline is shared by a job's worker processes.
 """
@@ -30,20 +32,19 @@ from fmnist_tuning.config import RunConfig
 from fmnist_tuning.keys import EPOCHS, TRAIN_SECONDS
 from fmnist_tuning.search import front
 
-# Kept for the test pass, best.json and the report after the final training (measured: about
-# 10 s for the report and 1 s for the test pass on 2 cores; the rest is margin).
-REPORT_SECONDS = 30.0
-# The final stage's share of --timeout at least (when --final-epochs of the best trial need less):
-# a longer schedule for the winner is worth more than the search's last trials (docs/benchmarks.md).
+# Kept for the test pass, best.json and the report after the final training (measured on 2
+# cores: about 5 s in all; the rest is margin for a slower disk or a busier machine).
+REPORT_SECONDS = 15.0
+# The final stage's share of --timeout at most (less when --final-epochs of the best trial need
+# less): the split of the time between search and final training (docs/benchmarks.md).
 FINAL_SHARE = 0.5
-MAX_FINAL_EPOCHS = 150  # the longest final schedule a timeout buys
 TRAIN_IMAGES = 60_000  # the official training set: the retrain's epoch
 PROPORTION = 2  # without a timeout: the final schedule is at most 1/PROPORTION of search epochs
 RULE = (
-    "the search keeps the larger of {share:.0%} of --timeout and the predicted time of "
-    "--final-epochs for the best trial (its seconds per epoch x the schedule, validated then "
-    "retrained), plus {report:g} s for the test pass and report; the final schedule is as long "
-    "as the time left allows, up to {most} epochs"
+    "the search keeps for the final stage the predicted time of --final-epochs for the best trial "
+    "(its seconds per epoch x the schedule, validated then retrained), at most {share:.0%} of "
+    "--timeout, plus {report:g} s for the test pass and report; the final schedule is as long as "
+    "the time left allows, up to --final-epochs"
 )
 PROPORTIONAL_RULE = (
     "no timeout: the final schedule is at most half the epochs the search trained "
@@ -107,7 +108,7 @@ def search_deadline(study: optuna.Study, run: RunConfig) -> float | None:
         per_epoch = seconds_per_epoch(best) if best is not None else None
         final = FINAL_SHARE * run.timeout if run.test and run.timeout else 0.0
         if per_epoch is not None:
-            final = max(final, final_seconds(per_epoch, run.final_epochs, run))
+            final = min(final, final_seconds(per_epoch, run.final_epochs, run))
         stops.append(end - REPORT_SECONDS - final)
     return min(stops, default=None)
 
@@ -126,7 +127,7 @@ class FinalPlan:
 def plan_final(study: optuna.Study, best: FrozenTrial, run: RunConfig) -> FinalPlan:
     """The final stage of ``best`` that the time left (or, without a timeout, the search) allows.
 
-    With a timeout: the longest schedule up to :data:`MAX_FINAL_EPOCHS` whose validation run and
+    With a timeout: the longest schedule up to ``--final-epochs`` whose validation run and
     retrain fit before the deadline; when no longer schedule fits, the trial's own schedule, and a
     retrain only if its best epoch's worth of training fits too.
     """
@@ -149,12 +150,10 @@ def plan_final(study: optuna.Study, best: FrozenTrial, run: RunConfig) -> FinalP
         )
     stop_at = end - REPORT_SECONDS
     left = stop_at - now()
-    rule = RULE.format(
-        share=FINAL_SHARE, report=REPORT_SECONDS, most=max(MAX_FINAL_EPOCHS, run.final_epochs)
-    )
+    rule = RULE.format(share=FINAL_SHARE, report=REPORT_SECONDS)
     if per_epoch is None:  # nothing measured (a front's trial from an old version): no long run
         return FinalPlan(0, run.retrain, stop_at, None, rule)
-    epochs = max(MAX_FINAL_EPOCHS, run.final_epochs)
+    epochs = run.final_epochs
     while epochs > run.max_epochs and final_seconds(per_epoch, epochs, run) > left:
         epochs -= 1
     if epochs > run.max_epochs:

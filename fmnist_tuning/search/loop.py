@@ -130,7 +130,9 @@ def _stop_reason(study: optuna.Study, run: RunConfig, search_stop: float | None)
     """Why no further trial should start here (timeouts, patience, exhausted grid), if any."""
     if search_stop is not None and time.monotonic() >= search_stop:
         return "timeout"
-    if (stop := deadline.search_deadline(study, run)) is not None:
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if done and (stop := deadline.search_deadline(study, run)) is not None:
+        # (The first trial always runs, cut short if need be: it measures the final's cost.)
         epochs = [deadline.seconds_per_epoch(t) for t in study.get_trials(deepcopy=False)]
         shortest = min((e for e in epochs if e is not None), default=0.0)
         if deadline.now() + shortest >= stop:  # not even one epoch fits
