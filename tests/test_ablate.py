@@ -10,6 +10,7 @@ from types import ModuleType
 import optuna
 import pytest
 
+from fmnist_tuning.search import objective
 from fmnist_tuning.search.space import DEFAULT_PARAMS, suggest_config
 from fmnist_tuning.training.recipe import TrialConfig
 from tests.conftest import VAL_SIZE, load_script
@@ -38,6 +39,17 @@ def test_a_variant_changes_one_piece_of_every_suggested_trial(
     assert getattr(changed, field) == value != getattr(before, field)
     assert dataclasses.replace(changed, **{field: getattr(before, field)}) == before
     assert _default_trial() == before  # restored afterwards
+
+
+def test_a_lever_of_the_final_recipe_is_set_on_what_the_objective_trains(
+    ablate: ModuleType,
+) -> None:
+    def trained() -> TrialConfig:
+        return objective.suggest_config(optuna.trial.FixedTrial(DEFAULT_PARAMS))
+
+    with ablate.recipe("shift_2"):
+        assert trained() == dataclasses.replace(_default_trial(), shift=2)
+    assert trained().shift == 0  # restored afterwards
 
 
 def test_base_is_the_recipe_every_study_trains(ablate: ModuleType) -> None:

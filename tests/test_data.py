@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from fmnist_tuning.training import data, raw
-from fmnist_tuning.training.data import FashionMNISTDataModule, TensorBatches, random_flip
+from fmnist_tuning.training.data import (
+    FashionMNISTDataModule,
+    TensorBatches,
+    random_flip,
+    random_shift,
+)
 from fmnist_tuning.training.raw import DataError
 from tests.conftest import N_TEST, N_TRAIN, VAL_SIZE, synthetic_split, write_idx
 
@@ -179,3 +184,24 @@ def test_a_folder_without_the_test_files_serves_training_but_not_scoring(
     assert raw.load_raw(tmp_path / "d").train_x.shape == (N_TRAIN, 784)
     with pytest.raises(DataError, match="--no-test"):
         raw.load_test(tmp_path / "d")
+
+
+def test_random_shift_moves_each_image_by_at_most_its_pixels_and_fills_the_border() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(64, 784) + 1.0  # every pixel above the background value 0
+    shifted = random_shift(x, 2, 0.0).view(64, 28, 28)
+    images = x.view(64, 28, 28)
+    offsets = set()
+    for image, moved in zip(images, shifted, strict=True):
+        (match,) = [
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if torch.equal(
+                moved[max(dy, 0) : 28 + min(dy, 0), max(dx, 0) : 28 + min(dx, 0)],
+                image[max(-dy, 0) : 28 + min(-dy, 0), max(-dx, 0) : 28 + min(-dx, 0)],
+            )
+        ]
+        offsets.add(match)
+        assert int((moved == 0).sum()) == 28 * 28 - (28 - abs(match[0])) * (28 - abs(match[1]))
+    assert len(offsets) > 5  # each image its own offset

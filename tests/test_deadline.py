@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import Callback
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.final import finalize, retrain, schedule
 from fmnist_tuning.final.classifier import load_model
-from fmnist_tuning.keys import EPOCHS, REPORT_HTML, TRAIN_SECONDS
+from fmnist_tuning.keys import EPOCHS, FAIL_REASON, REPORT_HTML, TRAIN_SECONDS
 from fmnist_tuning.report.page import write_report
 from fmnist_tuning.search import deadline, objective
 from fmnist_tuning.search.loop import optimize
@@ -64,7 +64,8 @@ def test_the_search_keeps_the_best_trials_final_stage_at_most_its_share_and_the_
     )
     report, share = deadline.REPORT_SECONDS, deadline.FINAL_SHARE * 1000
     fast = _trial(0, 0.9, epochs=9, seconds=9.0)  # 1 s per epoch
-    final = 1.0 * 40 * (1 + deadline.retrain_factor(run))  # validation run, then the retrain
+    # Its validation run, then the retrain, each epoch predicted with the margin.
+    final = deadline.MARGIN * 1.0 * 40 * (1 + deadline.retrain_factor(run))
     assert final < share
     assert deadline.search_deadline(_study(fast), run) == pytest.approx(1000 - report - final)
     # The reserve is the best trial's: a slower, worse one changes nothing.
@@ -85,11 +86,14 @@ def test_the_final_schedule_shrinks_to_the_time_left_and_to_the_search_without_a
         run_config, timeout=600, started_at=0.0, max_epochs=9, final_epochs=40
     )
     best = _trial(0, 0.9, epochs=9, seconds=45.0)
-    clock.now = 600 - deadline.REPORT_SECONDS - 5.0 * 25 * (1 + deadline.retrain_factor(run)) - 1e-6
+    per_epoch = deadline.MARGIN * 5.0
+    clock.now = (
+        600 - deadline.REPORT_SECONDS - per_epoch * 25 * (1 + deadline.retrain_factor(run)) - 1e-6
+    )
     plan = deadline.plan_final(_study(best), best, run)
     assert (plan.schedule_epochs, plan.retrain) == (25, True)  # what fits, not --final-epochs
     assert plan.stop_at == 600 - deadline.REPORT_SECONDS
-    clock.now = 600 - deadline.REPORT_SECONDS - 5.0 * 9 * deadline.retrain_factor(run) - 1e-6
+    clock.now = 600 - deadline.REPORT_SECONDS - per_epoch * 9 * deadline.retrain_factor(run) - 1e-6
     plan = deadline.plan_final(_study(best), best, run)
     assert (plan.schedule_epochs, plan.retrain) == (0, True)  # the trial's own, retrained
     clock.now += 1
@@ -160,7 +164,7 @@ def test_a_final_training_cut_at_the_deadline_keeps_the_weights_chosen_on_valida
     # 20 s left for the final training. The trial predicts 1 s per epoch: a validation run of 9
     # epochs and its retrain (60k/59.9k as long) fit. Each epoch takes 3 s, though: the validation
     # run stops after 6 (18 s; a 7th would end at 21 s), and the retrain after 1 of its 6.
-    monkeypatch.setattr(deadline, "seconds_per_epoch", lambda trial: 1.0)
+    monkeypatch.setattr(deadline, "final_seconds_per_epoch", lambda trial: 1.0)
     clock.now = 100.0
     timed = dataclasses.replace(run, timeout=20 + deadline.REPORT_SECONDS, started_at=100.0)
     _slow_final_training(monkeypatch, clock)
@@ -186,3 +190,33 @@ def test_a_final_training_cut_at_the_deadline_keeps_the_weights_chosen_on_valida
     page = (run.output_dir / REPORT_HTML).read_text()
     assert "validation run" in page and "not retrained on all training images" in page
     assert "final training" in page and "stopped at the deadline" in page
+
+
+class _EpochsTakeTenSeconds(Callback):
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.clock.now += 10
+
+
+def test_a_trial_running_into_the_searchs_end_is_cut_and_pruned_but_the_first_completes(
+    run_config: RunConfig, clock: Clock
+) -> None:
+    run = dataclasses.replace(
+        run_config, n_trials=50, max_epochs=4, pruner="none", timeout=200, started_at=0.0
+    )
+    study = load_or_create(run)
+    optimize(
+        study,
+        run,
+        objective=objective.Objective(run, extra_callbacks=[_EpochsTakeTenSeconds(clock)]),
+    )
+    first, *rest = study.trials
+    assert first.state == optuna.trial.TrialState.COMPLETE
+    cut = [t for t in rest if t.user_attrs[EPOCHS] < run.max_epochs]
+    assert cut and all(t.state == optuna.trial.TrialState.PRUNED for t in cut)
+    assert all("search's end (--timeout)" in t.user_attrs[FAIL_REASON] for t in cut)
+    # Past the search's end at most by the first epoch of a trial started before it (here the
+    # measured epochs, real ones, are far shorter than the clock's: the loop could not know).
+    assert clock.now <= 200 - deadline.REPORT_SECONDS + 10

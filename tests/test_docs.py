@@ -9,6 +9,7 @@ import re
 import pytest
 
 from fmnist_tuning.config import RunConfig
+from fmnist_tuning.search import deadline
 from fmnist_tuning.search.sampling import ASHA_MIN_EPOCHS
 from fmnist_tuning.search.space import BUDGET_UNITS_RANGE, UNITS_RANGE
 from tests.conftest import ROOT
@@ -93,10 +94,9 @@ def test_every_flag_the_docs_show_exists() -> None:
     [
         ("README.md", f"up to {RunConfig.n_trials} trials of up to {RunConfig.max_epochs} epochs"),
         ("README.md", f"most stopped after {ASHA_MIN_EPOCHS}"),
-        (
-            "README.md",
-            f"final schedule of up to {RunConfig.final_epochs} epochs chosen on validation",
-        ),
+        ("README.md", f"(up to `--final-epochs`, {RunConfig.final_epochs}, as far as"),
+        ("README.md", f"(at most half of T) plus {deadline.REPORT_SECONDS:g} s"),
+        ("docs/guide.md", f"a final schedule of up to {RunConfig.final_epochs} epochs"),
         ("README.md", f"successive halving (`--pruner {RunConfig.pruner}`)"),
         ("README.md", f"`--sampler {RunConfig.sampler}`, the default"),
         ("docs/guide.md", f"{UNITS_RANGE[0]}-{UNITS_RANGE[1]}"),

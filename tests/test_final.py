@@ -138,9 +138,9 @@ def test_one_final_model_and_one_test_pass_per_best_trial_whatever_the_final_set
     made = (model.read_bytes(), model.stat().st_mtime_ns)
     stored = _final_attrs(storage)
     capsys.readouterr()
-    # Resumed with nothing left to run, with other final-model settings, or none: the model made
-    # first is reused, and nothing of it changes.
-    for other in ([], ["--final-epochs", "3"], ["--no-retrain"], ["--final-epochs", "3"]):
+    # Resumed with nothing left to run, with other final-model settings or another deadline, or
+    # none: the model made first is reused, and nothing of it changes.
+    for other in ([], ["--final-epochs", "3"], ["--no-retrain"], ["--timeout", "30"]):
         assert main([*args, *other]) == 0
         assert (out / "best.json").read_bytes() == best_json
         assert (model.read_bytes(), model.stat().st_mtime_ns) == made

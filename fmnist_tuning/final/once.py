@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 Made = tuple[str, dict[str, Any]]  # a stored final model: its key and its result
 
+RETRAIN_MARGIN = 1.05  # the retrain's epochs against the validation run's just measured
 WAITING = "another process of this study is making its final model: waiting"
 LOST = "the final model's lock was lost (its database connection dropped): waiting to take it again"
 
@@ -202,6 +203,8 @@ def train_final(
     )
     left = None if plan.stop_at is None else plan.stop_at - deadline.now()
     cost = None if per_epoch is None else per_epoch * epochs * deadline.retrain_factor(run)
+    if cost is not None and chosen.get("seconds"):  # measured on this run: a smaller margin
+        cost *= RETRAIN_MARGIN
     if not plan.retrain or (left is not None and (cost is None or cost > left)):
         note = f"no time left to retrain on all training images ({left or 0:.0f} s left)"
         return _validated(own, choice, validated, place, note)

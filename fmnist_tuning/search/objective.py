@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
 from fmnist_tuning.cluster import artifacts
@@ -62,7 +63,8 @@ class Objective:
     """Trains one trial's configuration and returns its best validation accuracy.
 
     Under ``--timeout`` a trial stops before an epoch that would end after the search's end
-    (:func:`fmnist_tuning.search.deadline.search_deadline`) and completes with what it reached.
+    (:func:`fmnist_tuning.search.deadline.search_deadline`): pruned, or, when it is the study's
+    first, complete with what it reached.
 
     Records on the trial: ``epochs`` trained, ``train_seconds``, its network's ``params`` and
     ``latency_ms`` (:mod:`fmnist_tuning.search.budget`; under a budget also as constraints), its
@@ -175,12 +177,13 @@ class Objective:
                 gc.collect()  # before empty_cache, so the trial's tensors are really released
                 torch.cuda.empty_cache()
         if clock and clock[0].cut:
-            log.info(
-                "trial %d stopped after %d epochs: the rest of --timeout is kept for the final "
-                "model",
-                trial.number,
-                len(history.values),
-            )
+            why = f"stopped after {len(history.values)} epochs at the search's end (--timeout)"
+            log.info("trial %d %s", trial.number, why)
+            if trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                # Cut short, it is no complete trial; the first one is (it measures the cost).
+                _remove_checkpoint(checkpoint)
+                trial.set_user_attr(FAIL_REASON, why)
+                raise optuna.TrialPruned(why)
         if out_of_memory:
             _remove_checkpoint(checkpoint)
             trial.set_user_attr(FAIL_REASON, out_of_memory)
