@@ -5,8 +5,9 @@
 Every variant trains the documented starting configuration (``space.DEFAULT_PARAMS``, a new
 study's first trial) with the real objective, on the study's own seeded train/validation split, for
 ``--max-epochs`` epochs without pruning or early stopping, and changes one piece of the fixed recipe
-(``space.LABEL_SMOOTHING``, ``SCHEDULER``, ``FLIP``), the configuration's hidden widths, or a lever
-of the final model's recipe (random shifts). The test set is never read. Prints, and
+(``space.LABEL_SMOOTHING``, ``SCHEDULER``, ``FLIP``), the configuration's hidden widths, or a
+candidate lever for the final model (random shifts, which the final stage does not use: see
+docs/benchmarks.md). The test set is never read. Prints, and
 appends to ``--output`` (CSV), one row per (variant, seed): best validation accuracy, its epoch, the
 accuracy at the last epoch and the training time.
 """
@@ -47,7 +48,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "smoothing_0.05": {"LABEL_SMOOTHING": 0.05},
     "smoothing_0.2": {"LABEL_SMOOTHING": 0.2},
     "no_onecycle": {"SCHEDULER": "none"},
-    # Levers of the final model's recipe (TrialConfig fields, set on the trial's configuration)
+    # Candidate levers for the final model (TrialConfig fields, set on the trial's configuration)
     "shift_1": {CONFIG: {"shift": 1}},
     "shift_2": {CONFIG: {"shift": 2}},
     # Other widths for the starting configuration itself (everything else as DEFAULT_PARAMS)

@@ -54,7 +54,7 @@ def study_command(setup: str, seed: int, args: argparse.Namespace, folder: Path)
     """The real command of one study, in ``folder``."""
     return [
         sys.executable, str(ROOT / "scripts" / "tune.py"), *SETUPS[setup], "--seed", str(seed),
-        "--timeout", str(args.timeout), "--n-trials", str(args.n_trials), "--no-warm-start",
+        "--search-timeout", str(args.timeout), "--n-trials", str(args.n_trials), "--no-warm-start",
         "--no-test", "--output-dir", str(folder),
         *(["--data-dir", str(args.data_dir)] if args.data_dir else []),
         *(["--val-size", str(args.val_size)] if args.val_size else []),

@@ -18,7 +18,6 @@ raises ``KeyboardInterrupt`` with the study saved: call the same ``tune`` again 
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,7 @@ def tune(**settings: Any) -> TuneResult:
         fmnist_tuning.errors.NoResultError: No trial completed, or a worker died before the end.
         KeyboardInterrupt: SIGINT/SIGTERM; the running trials are FAIL, the rest is saved.
     """
-    config = make_config(**{"started_at": time.time(), **settings})
+    config = make_config(**settings)
     runtime.setup_process()
     configure_logging()
     study, final = run_study(config)

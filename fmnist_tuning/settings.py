@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,8 @@ def make_config(**settings: Any) -> RunConfig:
     """A checked :class:`RunConfig` from keywords named like its fields (defaults for the rest).
 
     Also accepted: ``workers="auto"`` (one per core); ``output_dir`` defaults to
-    ``runs/<study_name>``, ``data_dir`` to ``$FMNIST_DATA_DIR`` or ``./data``; paths may be strings.
+    ``runs/<study_name>``, ``data_dir`` to ``$FMNIST_DATA_DIR`` or ``./data``, ``started_at`` to
+    now; paths may be strings.
 
     Raises:
         SettingsError: An unknown keyword or a value that cannot work (see :func:`check`).
@@ -83,6 +85,8 @@ def make_config(**settings: Any) -> RunConfig:
         settings["output_dir"] = Path("runs") / settings.get("study_name", RunConfig.study_name)
     if settings.get("data_dir") is None:
         settings["data_dir"] = default_data_dir()
+    if settings.get("started_at") is None:
+        settings["started_at"] = time.time()  # --timeout counts from here
     config = RunConfig(**settings)
     check(config)
     return config

@@ -13,7 +13,7 @@ import pytest
 from lightning.pytorch.callbacks import Callback
 
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.final import finalize, retrain, schedule
+from fmnist_tuning.final import finalize, once, retrain, schedule
 from fmnist_tuning.final.classifier import load_model
 from fmnist_tuning.keys import EPOCHS, FAIL_REASON, REPORT_HTML, TRAIN_SECONDS
 from fmnist_tuning.report.page import write_report
@@ -142,40 +142,60 @@ class _Tick(Callback):
         self.clock.now += self.seconds
 
 
-def _slow_final_training(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> None:
-    """Every final training epoch takes 3 s of the fake clock."""
-    for module in (schedule, retrain):
+def _slow_final_training(
+    monkeypatch: pytest.MonkeyPatch, clock: Clock, validation: float, retrain_epoch: float
+) -> None:
+    """Each epoch of the validation run, and of the retrain, takes this long on the fake clock."""
+    for module, seconds in ((schedule, validation), (retrain, retrain_epoch)):
         build = module.build_trainer
 
-        def ticking(*args: Any, _build: Any = build, **kwargs: Any) -> pl.Trainer:
-            kwargs["callbacks"] = [_Tick(clock, 3.0), *kwargs.get("callbacks", [])]
+        def ticking(*args: Any, _build: Any = build, _s: float = seconds, **kwargs: Any) -> Any:
+            kwargs["callbacks"] = [_Tick(clock, _s), *kwargs.get("callbacks", [])]
             return _build(*args, **kwargs)
 
         monkeypatch.setattr(module, "build_trainer", ticking)
 
 
+@pytest.mark.parametrize(
+    ("validation", "retrain_epoch", "validated_epochs", "why"),
+    [
+        # 1 s per epoch as predicted: the 9-epoch validation run fits; the retrain's epochs take
+        # 5 s, though, and it stops at the deadline, unfinished.
+        (1.0, 5.0, 9, "the retrain on all training images was stopped at the deadline"),
+        # 3 s per epoch: the validation run stops after 6 (18 s; a 7th would end at 21 s), and
+        # what it measured leaves no time for the retrain.
+        (3.0, 3.0, 6, "no time left to retrain on all training images"),
+    ],
+    ids=["retrain-cut", "validation-run-cut"],
+)
 def test_a_final_training_cut_at_the_deadline_keeps_the_weights_chosen_on_validation(
-    run_config: RunConfig, clock: Clock, monkeypatch: pytest.MonkeyPatch
+    run_config: RunConfig,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+    validation: float,
+    retrain_epoch: float,
+    validated_epochs: int,
+    why: str,
 ) -> None:
     run = dataclasses.replace(run_config, n_trials=1, pruner="none", final_epochs=40)
     study = load_or_create(run)
     study.enqueue_trial(SLOW_LEARNER)
     optimize(study, run)
-    # 20 s left for the final training. The trial predicts 1 s per epoch: a validation run of 9
-    # epochs and its retrain (60k/59.9k as long) fit. Each epoch takes 3 s, though: the validation
-    # run stops after 6 (18 s; a 7th would end at 21 s), and the retrain after 1 of its 6.
+    # 20 s left for the final training; the trial predicts 1 s per epoch: a validation run of 9
+    # epochs and its retrain (60k/59.9k as long) fit.
     monkeypatch.setattr(deadline, "final_seconds_per_epoch", lambda trial: 1.0)
     clock.now = 100.0
     timed = dataclasses.replace(run, timeout=20 + deadline.REPORT_SECONDS, started_at=100.0)
-    _slow_final_training(monkeypatch, clock)
+    _slow_final_training(monkeypatch, clock, validation, retrain_epoch)
     result = finalize.finalize(study, timed)
     assert result is not None
-    assert clock.now <= 100 + 20 + 3  # the last epoch started in time
+    assert clock.now <= 100 + 20  # no epoch ended after the deadline
     candidates = result["final_schedule"]["candidates"]
-    assert candidates[1]["schedule_epochs"] == 9 and len(candidates[1]["curve"]) == 6
-    assert result["final_schedule"]["chosen"] == 1 and candidates[1]["epochs"] > 1
+    assert candidates[1]["schedule_epochs"] == 9
+    assert len(candidates[1]["curve"]) == validated_epochs
+    assert result["final_schedule"]["chosen"] == 1 and candidates[1]["epochs"] > 2
     assert not result["retrained_on_full_train"]
-    assert "stopped at the deadline" in result["time_split"]["note"]
+    assert why in result["time_split"]["note"]
     chosen = candidates[result["final_schedule"]["chosen"]]
     assert result["final_epochs"] == chosen["epochs"]
     # The file scored is the chosen schedule's best epoch: it scores its validation accuracy.
@@ -189,7 +209,7 @@ def test_a_final_training_cut_at_the_deadline_keeps_the_weights_chosen_on_valida
     write_report(study, run.output_dir, run.storage_url, run.data_dir)
     page = (run.output_dir / REPORT_HTML).read_text()
     assert "validation run" in page and "not retrained on all training images" in page
-    assert "final training" in page and "stopped at the deadline" in page
+    assert "final training" in page and why in page
 
 
 class _EpochsTakeTenSeconds(Callback):
@@ -220,3 +240,32 @@ def test_a_trial_running_into_the_searchs_end_is_cut_and_pruned_but_the_first_co
     # Past the search's end at most by the first epoch of a trial started before it (here the
     # measured epochs, real ones, are far shorter than the clock's: the loop could not know).
     assert clock.now <= 200 - deadline.REPORT_SECONDS + 10
+
+
+def test_with_no_retrain_the_search_keeps_only_the_reports_time(
+    run_config: RunConfig, clock: Clock
+) -> None:
+    run = dataclasses.replace(run_config, timeout=1000, started_at=0.0, retrain=False)
+    best = _trial(0, 0.9, epochs=9, seconds=90.0)
+    assert deadline.search_deadline(_study(best), run) == 1000 - deadline.REPORT_SECONDS
+    assert deadline.plan_final(_study(best), best, run).schedule_epochs == 0
+
+
+def test_an_interrupted_final_training_leaves_no_scratch_file(
+    run_config: RunConfig, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = dataclasses.replace(run_config, n_trials=1, pruner="none", final_epochs=4)
+    study = load_or_create(run)
+    study.enqueue_trial(SLOW_LEARNER)
+    optimize(study, run)
+    timed = dataclasses.replace(run, timeout=1000, started_at=0.0)
+
+    def interrupted(*args: Any, **kwargs: Any) -> bool:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(once, "retrain_full", interrupted)
+    plan = deadline.plan_final(study, study.best_trial, timed)
+    assert plan.schedule_epochs == 4  # a validation run that keeps its weights, then the retrain
+    with pytest.raises(KeyboardInterrupt):
+        once.train_final(study.best_trial, timed, None, plan)
+    assert {p.name for p in (run.output_dir / "checkpoints").iterdir()} == {"trial_0000.ckpt"}

@@ -83,12 +83,13 @@ def _spy_on_the_retrain(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
 
 def _one_trial_study(run: RunConfig) -> optuna.Study:
-    """A study of one small enqueued trial, run."""
+    """A study of ``run.n_trials`` (usually one) small enqueued trials, run."""
     study = load_or_create(run)
-    study.enqueue_trial(
-        {"n_layers": 1, "n_units_l0": 128, "dropout": 0.0, "batch_norm": True,
-         "optimizer": "adam", "lr_adam": 3e-3, "weight_decay": 1e-6, "batch_size": 128}
-    )  # fmt: skip
+    for _ in range(run.n_trials or 1):
+        study.enqueue_trial(
+            {"n_layers": 1, "n_units_l0": 128, "dropout": 0.0, "batch_norm": True,
+             "optimizer": "adam", "lr_adam": 3e-3, "weight_decay": 1e-6, "batch_size": 128}
+        )  # fmt: skip
     optimize(study, run)
     return study
 

@@ -1,10 +1,12 @@
 """The best trial's final model, made and scored once per study, across machines.
 
 The official test set is scored here and nowhere else. A best trial gets one final model (its
-configuration retrained on all 60,000 training images, or with ``--no-retrain`` the trial's own
-checkpoint), made and scored once, across machines too (under the study's lock,
-:mod:`fmnist_tuning.cluster.locks`). A later run whose final-model settings differ
-(``--final-epochs``, ``--no-retrain``) reuses that model and its score, and says so: the test set
+configuration retrained on all 60,000 training images; with ``--no-retrain`` the trial's own
+checkpoint; when no retrain fits in ``--timeout``, the best epoch of the schedule chosen on
+validation: the validation run's or the trial's own), made and scored once, across machines too
+(under the study's lock, :mod:`fmnist_tuning.cluster.locks`). A later run whose final-model
+settings differ (``--final-epochs``, ``--no-retrain``, ``--timeout``) reuses that model and its
+score, and says so: the test set
 never helps choose between settings. Only a new best trial gets a new final model. The result,
 with everything the report shows (confusion matrix, per-class accuracy, the most confident
 mistakes), is stored in the study (:mod:`fmnist_tuning.final.results`), with a record of every
@@ -190,9 +192,32 @@ def train_final(
 
     if not run.retrain:
         return own()
-    pid = os.getpid()
     place = final_path(run.output_dir, best.number, plan.schedule_epochs)
-    validated = place.with_name(f".{place.stem}.{pid}.validated.ckpt")
+    try:
+        return _train_here(best, run, plan, own, place)
+    except BaseException:  # an interrupt or a failure: no scratch file outlives this process
+        for path in _scratch(place):
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _scratch(place: Path) -> tuple[Path, Path]:
+    """This process's files beside ``place``: the validation run's weights, the retrain's."""
+    pid = os.getpid()
+    return place.with_name(f".{place.stem}.{pid}.validated.ckpt"), place.with_name(
+        f".{place.name}.{pid}.part"
+    )
+
+
+def _train_here(
+    best: FrozenTrial,
+    run: RunConfig,
+    plan: deadline.FinalPlan,
+    own: Callable[[], FinalModel],
+    place: Path,
+) -> FinalModel:
+    """:func:`train_final`'s training: the validation run, then the retrain if it fits."""
+    validated, part = _scratch(place)
     config = suggest_config(optuna.trial.FixedTrial(best.params), run.small_widths)
     keep = validated if plan.stop_at is not None else None
     choice = schedule.choose(best, config, run, plan.schedule_epochs, plan.stop_at, keep)
@@ -215,7 +240,6 @@ def train_final(
         epochs,
         schedule_epochs,
     )
-    part = place.with_name(f".{place.name}.{pid}.part")
     made = FinalModel(part, place, True, epochs, schedule_epochs, choice, scratch=[part, validated])
     seed = run.seed + best.number
     if retrain_full(config, run, epochs, part, seed, schedule_epochs, plan.stop_at):
@@ -232,6 +256,8 @@ def _validated(
     log.warning("%s: the final model is the weights chosen on validation", note)
     chosen = choice["candidates"][choice["chosen"]]
     if choice["chosen"] == 0 or not validated.is_file():
+        if choice["chosen"]:  # (its run saved no weights: the trial's own are shipped)
+            choice, note = {**choice, "chosen": 0}, f"{note}; the validation run kept no weights"
         validated.unlink(missing_ok=True)
         return dataclasses.replace(own(), choice=choice, note=note)
     kept = place.with_name(f"{place.stem}_validation_run.ckpt")

@@ -17,7 +17,6 @@ run's when no retrain fits in the time left.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -149,9 +148,9 @@ def choose(
             run.max_epochs,
             own["val_acc"],
         )
-        start = time.perf_counter()
+        start = deadline.now()
         curve = validation_curve(config, run, longer, run.seed + best.number, stop_at, checkpoint)
-        candidates.append(candidate(longer, curve, time.perf_counter() - start))
+        candidates.append(candidate(longer, curve, deadline.now() - start))
     chosen = max(range(len(candidates)), key=lambda i: (candidates[i]["val_acc"] or 0.0, -i))
     log.info(
         "final schedule: %d epochs of %d (val_acc %.4f)",

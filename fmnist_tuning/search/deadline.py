@@ -86,10 +86,12 @@ def retrain_factor(run: RunConfig) -> float:
 
 def final_seconds(per_epoch: float, schedule_epochs: int, run: RunConfig) -> float:
     """The predicted seconds of a final stage: a ``schedule_epochs`` validation run (when longer
-    than the trials' schedule) and a retrain of that many epochs on all training images."""
+    than the trials' schedule) and a retrain of that many epochs on all training images (none
+    with ``--no-retrain``)."""
+    if not run.retrain:  # the final model is the trial's own checkpoint: nothing trains
+        return 0.0
     validation = schedule_epochs if schedule_epochs > run.max_epochs else 0
-    retrain = schedule_epochs * retrain_factor(run) if run.retrain else 0.0
-    return per_epoch * (validation + retrain)
+    return per_epoch * (validation + schedule_epochs * retrain_factor(run))
 
 
 def _best(study: optuna.Study) -> FrozenTrial | None:
@@ -103,23 +105,20 @@ def _best(study: optuna.Study) -> FrozenTrial | None:
 
 
 def search_deadline(study: optuna.Study, run: RunConfig) -> float | None:
-    """When this process's search must stop: ``--search-timeout`` after the search started, or
-    the job's deadline less the final stage the best trial so far needs; None for neither.
+    """When this process's search must stop for ``--timeout``: the job's deadline less the final
+    stage the best trial so far needs (at most :data:`FINAL_SHARE` of it) and the report's time;
+    None without a timeout. (``--search-timeout`` is the trial loop's, as Optuna's.)
 
-    Before any trial finished, the final stage's cost is unknown: the search may run until the
-    first trial finishes, which then sets it.
+    Before any trial completed, the final stage's cost is unknown: its whole share is kept.
     """
-    stops = []
-    if run.search_timeout is not None:
-        stops.append((run.started_at if run.started_at is not None else now()) + run.search_timeout)
-    if (end := job_deadline(run)) is not None:
-        best = _best(study) if run.test else None
-        per_epoch = final_seconds_per_epoch(best) if best is not None else None
-        final = FINAL_SHARE * run.timeout if run.test and run.timeout else 0.0
-        if per_epoch is not None:
-            final = min(final, final_seconds(per_epoch, run.final_epochs, run))
-        stops.append(end - REPORT_SECONDS - final)
-    return min(stops, default=None)
+    if (end := job_deadline(run)) is None or run.timeout is None:
+        return None
+    best = _best(study) if run.test else None
+    per_epoch = final_seconds_per_epoch(best) if best is not None else None
+    final = FINAL_SHARE * run.timeout if run.test else 0.0
+    if per_epoch is not None:
+        final = min(final, final_seconds(per_epoch, run.final_epochs, run))
+    return end - REPORT_SECONDS - final
 
 
 @dataclass(frozen=True)
@@ -138,10 +137,12 @@ def plan_final(study: optuna.Study, best: FrozenTrial, run: RunConfig) -> FinalP
 
     With a timeout: the longest schedule up to ``--final-epochs`` whose validation run and
     retrain fit before the deadline; when no longer schedule fits, the trial's own schedule, and a
-    retrain only if its best epoch's worth of training fits too.
+    retrain only if the epochs the trial trained fit too (at least what its retrain trains).
     """
     per_epoch = final_seconds_per_epoch(best)
     end = job_deadline(run)
+    if not run.retrain:  # the trial's own checkpoint: no schedule to plan
+        return FinalPlan(0, False, None if end is None else end - REPORT_SECONDS, per_epoch, "")
     if end is None:
         trained = sum(
             int(t.user_attrs.get(EPOCHS) or 0)

@@ -113,6 +113,7 @@ class Objective:
             enable_version_counter=False,
         )
         latency = budget.LatencyProbe(trial, run)
+        early_stopping = EarlyStopping(monitor=VAL_ACC, mode="max", patience=run.early_stopping)
         # Under --timeout: the trial ends before an epoch that would eat into the final model's time.
         stop_at = (
             deadline.search_deadline(trial.study, run) if isinstance(trial, optuna.Trial) else None
@@ -129,7 +130,7 @@ class Objective:
                 if front.is_front(run)
                 else [PyTorchLightningPruningCallback(trial, monitor=VAL_ACC)]
             ),
-            EarlyStopping(monitor=VAL_ACC, mode="max", patience=run.early_stopping),
+            early_stopping,
             checkpoint,
             *clock,
             *self.extra_callbacks,
@@ -176,7 +177,7 @@ class Objective:
             if torch.cuda.is_available():
                 gc.collect()  # before empty_cache, so the trial's tensors are really released
                 torch.cuda.empty_cache()
-        if clock and clock[0].cut:
+        if clock and clock[0].cut and not early_stopping.stopped_epoch:
             why = f"stopped after {len(history.values)} epochs at the search's end (--timeout)"
             log.info("trial %d %s", trial.number, why)
             if trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
