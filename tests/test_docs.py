@@ -89,13 +89,22 @@ def test_every_flag_the_docs_show_exists() -> None:
     assert not unknown, unknown
 
 
+SHARE_WORDS = {
+    0.5: "half",
+    0.75: "three quarters",
+}  # the final stage's share, as the README says it
+
+
 @pytest.mark.parametrize(
     ("doc", "quote"),
     [
         ("README.md", f"up to {RunConfig.n_trials} trials of up to {RunConfig.max_epochs} epochs"),
         ("README.md", f"most stopped after {ASHA_MIN_EPOCHS}"),
         ("README.md", f"(up to `--final-epochs`, {RunConfig.final_epochs}, as far as"),
-        ("README.md", f"(at most half of T) plus {deadline.REPORT_SECONDS:g} s"),
+        (
+            "README.md",
+            f"(at most {SHARE_WORDS[deadline.FINAL_SHARE]} of T) plus {deadline.REPORT_SECONDS:g} s",
+        ),
         ("docs/guide.md", f"a final schedule of up to {RunConfig.final_epochs} epochs"),
         ("README.md", f"successive halving (`--pruner {RunConfig.pruner}`)"),
         ("README.md", f"`--sampler {RunConfig.sampler}`, the default"),
