@@ -7,8 +7,8 @@ schedule on the 55k/5k split, then the retrain on all 60k images, whose epochs c
 much). The search keeps for it the time ``--final-epochs`` of the best trial so far would take, but
 at most :data:`FINAL_SHARE` of the timeout, plus :data:`REPORT_SECONDS` for the test pass and
 report; it stops starting trials (and cuts a running one) when the rest is used up. The final
-schedule is then as long as the time left allows, up to ``--final-epochs``. The first trial always
-runs (cut short if need be): it measures what the final stage costs.
+schedule is then as long as the time left allows, up to ``--final-epochs``. Until a trial
+completes, only the report's time is kept: the first trials measure what the final stage costs.
 
 Every process and machine of a study computes this from the same stored trials and its own start,
 so the machine that makes the final model and the ones that wait for it all stop searching in time.
@@ -111,15 +111,16 @@ def search_deadline(study: optuna.Study, run: RunConfig) -> float | None:
     stage the best trial so far needs (at most :data:`FINAL_SHARE` of it) and the report's time;
     None without a timeout. (``--search-timeout`` is the trial loop's, as Optuna's.)
 
-    Before any trial completed, the final stage's cost is unknown: its whole share is kept.
+    Before any trial completed, the final stage's cost is unknown: only the report's time is
+    kept, so that the first trials (of every process) can complete and measure it.
     """
     if (end := job_deadline(run)) is None or run.timeout is None:
         return None
     best = _best(study) if run.test else None
     per_epoch = final_seconds_per_epoch(best) if best is not None else None
-    final = FINAL_SHARE * run.timeout if run.test else 0.0
-    if per_epoch is not None:
-        final = min(final, final_seconds(per_epoch, run.final_epochs, run))
+    if per_epoch is None:  # no trial has measured the cost yet: the first ones run on
+        return end - REPORT_SECONDS
+    final = min(FINAL_SHARE * run.timeout, final_seconds(per_epoch, run.final_epochs, run))
     return end - REPORT_SECONDS - final
 
 
