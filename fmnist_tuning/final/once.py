@@ -49,7 +49,9 @@ log = logging.getLogger(__name__)
 
 Made = tuple[str, dict[str, Any]]  # a stored final model: its key and its result
 
-RETRAIN_MARGIN = 1.05  # the retrain's epochs against the validation run's just measured
+# The retrain's epochs against those just measured: a tight margin, as the retrain stops at the
+# deadline anyway (and the weights chosen on validation are shipped then).
+RETRAIN_MARGIN = 1.05
 WAITING = "another process of this study is making its final model: waiting"
 LOST = "the final model's lock was lost (its database connection dropped): waiting to take it again"
 
@@ -223,13 +225,13 @@ def _train_here(
     choice = schedule.choose(best, config, run, plan.schedule_epochs, plan.stop_at, keep)
     chosen = choice["candidates"][choice["chosen"]]
     epochs, schedule_epochs = chosen["epochs"], chosen["schedule_epochs"]
-    per_epoch = (
-        chosen["seconds"] / len(chosen["curve"]) if chosen.get("seconds") else plan.per_epoch
-    )
+    # Measured: by the validation run, else by the trial (its own schedule is retrained).
+    measured = chosen.get("seconds")
+    per_epoch = measured / len(chosen["curve"]) if measured else deadline.seconds_per_epoch(best)
     left = None if plan.stop_at is None else plan.stop_at - deadline.now()
-    cost = None if per_epoch is None else per_epoch * epochs * deadline.retrain_factor(run)
-    if cost is not None and chosen.get("seconds"):  # measured on this run: a smaller margin
-        cost *= RETRAIN_MARGIN
+    cost = None
+    if per_epoch is not None:
+        cost = RETRAIN_MARGIN * per_epoch * epochs * deadline.retrain_factor(run)
     if not plan.retrain or (left is not None and (cost is None or cost > left)):
         note = f"no time left to retrain on all training images ({left or 0:.0f} s left)"
         return _validated(own, choice, validated, place, note)

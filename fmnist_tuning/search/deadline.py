@@ -129,9 +129,8 @@ class FinalPlan:
     """How long the best trial's final stage trains, and when it must stop."""
 
     schedule_epochs: int  # the longer schedule to validate; 0: the trial's own stands
-    retrain: bool  # whether a retrain on all training images fits
+    retrain: bool  # whether a retrain on all training images is asked for
     stop_at: float | None  # when final training must end (the job's deadline less the report's)
-    per_epoch: float | None  # the predicted seconds per final epoch (the best trial's, with margin)
     rule: str  # how the schedule's length was chosen
 
 
@@ -139,13 +138,14 @@ def plan_final(study: optuna.Study, best: FrozenTrial, run: RunConfig) -> FinalP
     """The final stage of ``best`` that the time left (or, without a timeout, the search) allows.
 
     With a timeout: the longest schedule up to ``--final-epochs`` whose validation run and
-    retrain fit before the deadline; when no longer schedule fits, the trial's own schedule, and a
-    retrain only if the epochs the trial trained fit too (at least what its retrain trains).
+    retrain fit before the deadline; when no longer schedule fits, the trial's own schedule.
+    Whether the retrain fits is decided when it would start, on the seconds measured by then
+    (:func:`fmnist_tuning.final.once.train_final`).
     """
     per_epoch = final_seconds_per_epoch(best)
     end = job_deadline(run)
     if not run.retrain:  # the trial's own checkpoint: no schedule to plan
-        return FinalPlan(0, False, None if end is None else end - REPORT_SECONDS, per_epoch, "")
+        return FinalPlan(0, False, None if end is None else end - REPORT_SECONDS, "")
     if end is None:
         trained = sum(
             int(t.user_attrs.get(EPOCHS) or 0)
@@ -158,19 +158,16 @@ def plan_final(study: optuna.Study, best: FrozenTrial, run: RunConfig) -> FinalP
             epochs if epochs > run.max_epochs else 0,
             run.retrain,
             None,
-            per_epoch,
             PROPORTIONAL_RULE,
         )
     stop_at = end - REPORT_SECONDS
     left = stop_at - now()
     rule = RULE.format(share=FINAL_SHARE, report=REPORT_SECONDS)
     if per_epoch is None:  # nothing measured (a front's trial from an old version): no long run
-        return FinalPlan(0, run.retrain, stop_at, None, rule)
+        return FinalPlan(0, run.retrain, stop_at, rule)
     epochs = run.final_epochs
     while epochs > run.max_epochs and final_seconds(per_epoch, epochs, run) > left:
         epochs -= 1
     if epochs > run.max_epochs:
-        return FinalPlan(epochs, run.retrain, stop_at, per_epoch, rule)
-    own = int(best.user_attrs.get(EPOCHS) or run.max_epochs)
-    fits = run.retrain and per_epoch * own * retrain_factor(run) <= left
-    return FinalPlan(0, fits, stop_at, per_epoch, rule)
+        return FinalPlan(epochs, run.retrain, stop_at, rule)
+    return FinalPlan(0, run.retrain, stop_at, rule)
