@@ -21,9 +21,7 @@ harness.start()  # as fmnist-tune does, before the first Lightning import (hence
 
 import argparse
 import contextlib
-import csv
 import dataclasses
-import logging
 import sys
 import tempfile
 import time
@@ -128,22 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir = args.data_dir or default_data_dir()
     if not harness.data_ready("ablate.py", data_dir, args.val_size):  # decoded once for all
         return 2
-    try:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        print(f"ablate.py: error: {err}", file=sys.stderr)
-        return 2
-    new = not args.output.exists()
-    with args.output.open("a", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
+    with harness.csv_rows("ablate.py", args.output, FIELDS) as write:
+        if write is None:
+            return 2
         for seed in args.seeds:
             for variant in args.variants:
-                row = run_variant(variant, seed, data_dir, args.max_epochs, args.val_size)
-                writer.writerow(row)
-                out.flush()
-                logging.info(" ".join(f"{k}={v}" for k, v in row.items()))
+                write(run_variant(variant, seed, data_dir, args.max_epochs, args.val_size))
     return 0
 
 

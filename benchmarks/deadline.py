@@ -26,8 +26,6 @@ import harness
 harness.start()  # as fmnist-tune does, before the first Lightning import (hence E402 below)
 
 import argparse
-import csv
-import logging
 import sys
 import tempfile
 import time
@@ -111,23 +109,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir = args.data_dir or default_data_dir()
     if not harness.data_ready("deadline.py", data_dir, args.val_size):
         return 2
-    try:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        print(f"deadline.py: error: {err}", file=sys.stderr)
-        return 2
-    new = not args.output.exists()
-    with args.output.open("a", newline="") as out:
-        writer = csv.DictWriter(out, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
+    with harness.csv_rows("deadline.py", args.output, FIELDS) as write:
+        if write is None:
+            return 2
         for timeout in args.timeouts:
             for seed in args.seeds:
                 for variant in args.variants:
-                    row = run_variant(variant, timeout, seed, data_dir, args.val_size)
-                    writer.writerow(row)
-                    out.flush()
-                    logging.info(" ".join(f"{k}={v}" for k, v in row.items()))
+                    write(run_variant(variant, timeout, seed, data_dir, args.val_size))
     return 0
 
 

@@ -6,9 +6,13 @@ Lightning), then :func:`data_ready` in ``main``.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import logging
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from fmnist_tuning import runtime
 from fmnist_tuning.errors import DataError
@@ -44,3 +48,30 @@ def data_ready(tool: str, data_dir: Path, val_size: int | None = None) -> bool:
         print(f"{tool}: error: {err}", file=sys.stderr)
         return False
     return True
+
+
+@contextlib.contextmanager
+def csv_rows(
+    tool: str, path: Path, fields: Sequence[str]
+) -> Iterator[Callable[[dict[str, Any]], None] | None]:
+    """Appends rows to the CSV file ``path`` (its header first when it is new), each one flushed
+    and logged as it comes. Yields None, after one line naming the problem, when its folder
+    cannot be made."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"{tool}: error: {err}", file=sys.stderr)
+        yield None
+        return
+    new = not path.exists()
+    with path.open("a", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=fields)
+        if new:
+            writer.writeheader()
+
+        def write(row: dict[str, Any]) -> None:
+            writer.writerow(row)
+            out.flush()
+            logging.info(" ".join(f"{k}={v}" for k, v in row.items()))
+
+        yield write
