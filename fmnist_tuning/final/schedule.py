@@ -21,15 +21,20 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from optuna.trial import FrozenTrial
 
 from fmnist_tuning.config import RunConfig
-from fmnist_tuning.keys import VAL_ACC, VAL_CURVE
+from fmnist_tuning.keys import VAL_CURVE
 from fmnist_tuning.search import deadline
 from fmnist_tuning.training.callbacks import StopBefore, ValHistory
 from fmnist_tuning.training.recipe import TrialConfig
-from fmnist_tuning.training.trainer import build_datamodule, build_module, build_trainer
+from fmnist_tuning.training.trainer import (
+    best_epoch_checkpoint,
+    build_datamodule,
+    build_module,
+    build_trainer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,17 +106,7 @@ def validation_curve(
     if stop_at is not None:
         callbacks.append(StopBefore(stop_at, deadline.now))
     if checkpoint is not None:
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=checkpoint.parent,
-                filename=checkpoint.stem,
-                monitor=VAL_ACC,
-                mode="max",
-                save_top_k=1,
-                save_weights_only=True,
-                enable_version_counter=False,
-            )
-        )
+        callbacks.append(best_epoch_checkpoint(checkpoint))
     trainer = build_trainer(run, callbacks=callbacks, max_epochs=schedule_epochs)
     trainer.fit(build_module(config), datamodule=build_datamodule(config, run))
     return history.values

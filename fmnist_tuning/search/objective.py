@@ -41,7 +41,12 @@ from fmnist_tuning.search import budget, deadline, front
 from fmnist_tuning.search.space import suggest_config
 from fmnist_tuning.training.callbacks import StopBefore, TrialGuard, ValHistory
 from fmnist_tuning.training.recipe import TrialConfig
-from fmnist_tuning.training.trainer import build_datamodule, build_module, build_trainer
+from fmnist_tuning.training.trainer import (
+    best_epoch_checkpoint,
+    build_datamodule,
+    build_module,
+    build_trainer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +108,7 @@ class Objective:
             trial.set_user_attr(EPOCHS, 0)
             raise optuna.TrialPruned(over)  # never trains: known before the first epoch
         history = ValHistory()
-        checkpoint = ModelCheckpoint(
-            dirpath=checkpoint_path(run.output_dir, trial.number).parent,
-            filename=name,
-            monitor=VAL_ACC,
-            mode="max",
-            save_top_k=1,
-            save_weights_only=True,
-            enable_version_counter=False,
-        )
+        checkpoint = best_epoch_checkpoint(checkpoint_path(run.output_dir, trial.number))
         latency = budget.LatencyProbe(trial, run)
         early_stopping = EarlyStopping(monitor=VAL_ACC, mode="max", patience=run.early_stopping)
         # Under --timeout: the trial ends before an epoch that would eat into the final model's time.

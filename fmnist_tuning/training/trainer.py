@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -10,6 +11,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
 from fmnist_tuning.config import RunConfig
+from fmnist_tuning.keys import VAL_ACC
 from fmnist_tuning.training.callbacks import KeepSignalHandlers
 from fmnist_tuning.training.data import FashionMNISTDataModule
 from fmnist_tuning.training.model import FashionMNISTClassifier
@@ -57,6 +59,19 @@ def build_trainer(
     }
     kwargs.update(overrides)
     return pl.Trainer(**kwargs)
+
+
+def best_epoch_checkpoint(path: Path) -> ModelCheckpoint:
+    """Keeps the weights of the run's best epoch on validation (``val/acc``) at ``path``."""
+    return ModelCheckpoint(
+        dirpath=path.parent,
+        filename=path.stem,
+        monitor=VAL_ACC,
+        mode="max",
+        save_top_k=1,
+        save_weights_only=True,
+        enable_version_counter=False,
+    )
 
 
 def build_module(config: TrialConfig) -> FashionMNISTClassifier:
