@@ -20,7 +20,7 @@ import datetime as dt
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,9 +115,13 @@ def _make_and_score(
     try:
         if (other := _made_meanwhile(study, best.number, lock)) is not None:
             return other  # another process made and scored it meanwhile: never score twice
-        # Named by the longest schedule validated (retrained), or the run it is from (not).
-        longest = plan.schedule_epochs if made.retrained else made.place and made.schedule_epochs
-        key = model_key(best.number, made.retrained, longest or 0)
+        # Named by the longest schedule validated (retrained), or the validation run it is
+        # from (not retrained; 0: the trial's own checkpoint).
+        if made.retrained:
+            longest = plan.schedule_epochs
+        else:
+            longest = made.schedule_epochs if made.place is not None else 0
+        key = model_key(best.number, made.retrained, longest)
         uploaded = artifacts.upload(store, made.model, study) if made.place is not None else None
         log.info("scoring trial %d's final model on the official test set (once)", best.number)
         record_test_pass(study, key, worker_id())  # counted before the test set is read
@@ -169,12 +173,11 @@ class FinalModel:
     schedule_epochs: int
     choice: dict[str, Any] | None = None  # the schedules scored on validation
     note: str = ""  # why it is not what the settings asked for (the deadline)
-    scratch: list[Path] = field(default_factory=list)  # files to delete at the end
 
     def discard(self) -> None:
-        """Deletes the scratch files (a model moved into place is gone from there already)."""
-        for path in self.scratch:
-            path.unlink(missing_ok=True)
+        """Deletes the file made here unless it was moved into its place (a trial's own stays)."""
+        if self.place is not None:
+            self.model.unlink(missing_ok=True)
 
 
 def train_final(
@@ -232,7 +235,7 @@ def _train_here(
     cost = None
     if per_epoch is not None:
         cost = RETRAIN_MARGIN * per_epoch * epochs * deadline.retrain_factor(run)
-    if not plan.retrain or (left is not None and (cost is None or cost > left)):
+    if left is not None and (cost is None or cost > left):
         note = f"no time left to retrain on all training images ({left or 0:.0f} s left)"
         return _validated(own, choice, validated, place, note)
     log.info(
@@ -242,10 +245,10 @@ def _train_here(
         epochs,
         schedule_epochs,
     )
-    made = FinalModel(part, place, True, epochs, schedule_epochs, choice, scratch=[part, validated])
     seed = run.seed + best.number
     if retrain_full(config, run, epochs, part, seed, schedule_epochs, plan.stop_at):
-        return made
+        validated.unlink(missing_ok=True)  # (kept in case the retrain could not finish)
+        return FinalModel(part, place, True, epochs, schedule_epochs, choice)
     note = "the retrain on all training images was stopped at the deadline"
     return _validated(own, choice, validated, place, note)
 
@@ -264,12 +267,5 @@ def _validated(
         return dataclasses.replace(own(), choice=choice, note=note)
     kept = place.with_name(f"{place.stem}_validation_run.ckpt")
     return FinalModel(
-        validated,
-        kept,
-        False,
-        chosen["epochs"],
-        chosen["schedule_epochs"],
-        choice,
-        note,
-        [validated],
+        validated, kept, False, chosen["epochs"], chosen["schedule_epochs"], choice, note
     )

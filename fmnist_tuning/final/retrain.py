@@ -64,12 +64,10 @@ def retrain_full(
     module = build_module(config)
     datamodule = build_datamodule(config, run, full_train=True)
     callbacks: list[Callback] = [StopAfterEpochs(epochs)]
-    clock = StopBefore(stop_at, deadline.now) if stop_at is not None else None
+    if stop_at is not None:
+        callbacks.append(StopBefore(stop_at, deadline.now))
     trainer = build_trainer(
-        run,
-        callbacks=callbacks + ([clock] if clock else []),
-        limit_val_batches=0,
-        max_epochs=schedule_epochs,
+        run, callbacks=callbacks, limit_val_batches=0, max_epochs=schedule_epochs
     )
     trainer.fit(module, datamodule=datamodule)
     if trainer.current_epoch < epochs:  # (the count of epochs trained, once fit returns)

@@ -154,20 +154,13 @@ def plan_final(study: optuna.Study, best: FrozenTrial, run: RunConfig) -> FinalP
             )
         )
         epochs = min(run.final_epochs, trained // PROPORTION)
-        return FinalPlan(
-            epochs if epochs > run.max_epochs else 0,
-            run.retrain,
-            None,
-            PROPORTIONAL_RULE,
-        )
+        return FinalPlan(epochs if epochs > run.max_epochs else 0, True, None, PROPORTIONAL_RULE)
     stop_at = end - REPORT_SECONDS
     left = stop_at - now()
     rule = RULE.format(share=FINAL_SHARE, report=REPORT_SECONDS)
     if per_epoch is None:  # nothing measured (a front's trial from an old version): no long run
         return FinalPlan(0, run.retrain, stop_at, rule)
-    epochs = run.final_epochs
-    while epochs > run.max_epochs and final_seconds(per_epoch, epochs, run) > left:
-        epochs -= 1
-    if epochs > run.max_epochs:
-        return FinalPlan(epochs, run.retrain, stop_at, rule)
-    return FinalPlan(0, run.retrain, stop_at, rule)
+    # A longer schedule costs its validation run and its retrain: per_epoch * (1 + factor) each.
+    fits = max(0, int(left // (per_epoch * (1 + retrain_factor(run)))))
+    epochs = min(run.final_epochs, fits)
+    return FinalPlan(epochs if epochs > run.max_epochs else 0, run.retrain, stop_at, rule)

@@ -132,7 +132,7 @@ def _stop_reason(study: optuna.Study, run: RunConfig, search_stop: float | None)
         return "timeout"
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if done and (stop := deadline.search_deadline(study, run)) is not None:
-        # (The first trial always runs, cut short if need be: it measures the final's cost.)
+        # (Until a trial completes, trials keep starting: the first measures the final's cost.)
         epochs = [deadline.seconds_per_epoch(t) for t in study.get_trials(deepcopy=False)]
         shortest = min((e for e in epochs if e is not None), default=0.0)
         if deadline.now() + shortest >= stop:  # not even one epoch fits

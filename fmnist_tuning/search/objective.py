@@ -115,7 +115,7 @@ class Objective:
         stop_at = (
             deadline.search_deadline(trial.study, run) if isinstance(trial, optuna.Trial) else None
         )
-        clock = [StopBefore(stop_at, deadline.now)] if stop_at is not None else []
+        clock = StopBefore(stop_at, deadline.now) if stop_at is not None else None
         callbacks: list[Callback] = [
             TrialGuard(),  # a signal or a non-finite loss ends the trial at the next batch
             history,
@@ -129,7 +129,7 @@ class Objective:
             ),
             early_stopping,
             checkpoint,
-            *clock,
+            *([clock] if clock else []),
             *self.extra_callbacks,
         ]
         logger = TensorBoardLogger(
@@ -174,7 +174,7 @@ class Objective:
             if torch.cuda.is_available():
                 gc.collect()  # before empty_cache, so the trial's tensors are really released
                 torch.cuda.empty_cache()
-        if clock and clock[0].cut and not early_stopping.stopped_epoch:
+        if clock is not None and clock.cut and not early_stopping.stopped_epoch:
             why = f"stopped after {len(history.values)} epochs at the search's end (--timeout)"
             log.info("trial %d %s", trial.number, why)
             if trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
