@@ -130,10 +130,11 @@ def _stop_reason(study: optuna.Study, run: RunConfig, search_stop: float | None)
     """Why no further trial should start here (timeouts, patience, exhausted grid), if any."""
     if search_stop is not None and time.monotonic() >= search_stop:
         return "timeout"
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    trials = study.get_trials(deepcopy=False)  # one read for both questions below
+    done = any(t.state == TrialState.COMPLETE for t in trials)
     if done and (stop := deadline.search_deadline(study, run)) is not None:
         # (Until a trial completes, trials keep starting: the first measures the final's cost.)
-        epochs = [deadline.seconds_per_epoch(t) for t in study.get_trials(deepcopy=False)]
+        epochs = [deadline.seconds_per_epoch(t) for t in trials]
         shortest = min((e for e in epochs if e is not None), default=0.0)
         if deadline.now() + shortest >= stop:  # not even one epoch fits
             return "the rest of --timeout is kept for the final model and report: search stopped"
