@@ -70,6 +70,10 @@ def run_study(config: RunConfig) -> tuple[optuna.Study, dict[str, Any]]:
                 if any(codes) and not study.reached_total(the_study, config):
                     raise NoResultError(f"{summarize(the_study)}; rerun the same command to resume")
             result = finalize(the_study, config)
+            if result is not None and config.test:  # a final model: model.onnx and MODEL.md
+                from fmnist_tuning.deploy.ship import ship
+
+                result = ship(the_study, config, result)
             runtime.release_memory()  # the retrain's memory, before the report's imports and figures
             write_report(
                 the_study, config.output_dir, config.storage_url, config.data_dir, config.test

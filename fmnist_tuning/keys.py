@@ -32,10 +32,12 @@ FINAL_MODEL = "final_model "  # + a final model's name: its one test score (resu
 FINAL_CURRENT = "final_current"  # the name of the final model the latest best.json describes
 FINAL_MODELS = "final_models"  # what earlier versions kept instead: {"current", "models"}
 TEST_PASS = "test_pass "  # + a unique id: one read of the test set ({"model", "worker", "at"})
+DEPLOY = "deploy "  # + a final model's name: its export's checks (agreement, latencies)
 CHECKPOINT_REMOVED = "checkpoint_removed "  # + a trial number: its stored checkpoint is deleted
 
 # Files and folders in the output directory.
 BEST_JSON = "best.json"
+MODEL_ONNX = "model.onnx"  # the final model, exported
 REPORT_HTML = "report.html"
 PLOTS_DIR = "plots"
 CHECKPOINT_DIR = "checkpoints"

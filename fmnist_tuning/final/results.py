@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 
-from fmnist_tuning.keys import FINAL_CURRENT, FINAL_MODEL, FINAL_MODELS, TEST_PASS
+from fmnist_tuning.keys import DEPLOY, FINAL_CURRENT, FINAL_MODEL, FINAL_MODELS, TEST_PASS
 
 
 def model_key(trial: int, retrained: bool, final_epochs: int = 0) -> str:
@@ -116,3 +116,15 @@ def stored_result(study: optuna.Study, trial: int) -> dict[str, Any] | None:
     key = current_key(study)
     result = None if key is None else stored_model(study, key)
     return result if result is not None and result["trial"] == trial else None
+
+
+def store_deploy(study: optuna.Study, key: str, figures: dict[str, Any]) -> None:
+    """Stores the checks of the final model ``key``'s export (the latest measurement counts)."""
+    study.set_user_attr(DEPLOY + key, figures)
+
+
+def stored_deploy(study: optuna.Study) -> dict[str, Any] | None:
+    """The checks of the current final model's export (agreement, latencies), if measured."""
+    key = current_key(study)
+    figures = None if key is None else study.user_attrs.get(DEPLOY + key)
+    return None if figures is None else dict(figures)

@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from fmnist_tuning.cluster.storage import redact
 from fmnist_tuning.errors import DataError
 from fmnist_tuning.files import write_atomic
-from fmnist_tuning.final.results import count_test_passes, stored_result
+from fmnist_tuning.final.results import count_test_passes, stored_deploy, stored_result
 from fmnist_tuning.keys import EPOCHS, LATENCY_MS, PARAMS, PLOTS_DIR, REPORT_HTML, RUN_SETTINGS
 from fmnist_tuning.report import plots
 from fmnist_tuning.search import front
@@ -106,7 +106,10 @@ def _summary(study: optuna.Study, storage_url: str) -> list[tuple[str, Any]]:
 
 
 def _best(
-    best: FrozenTrial | None, result: dict[str, Any] | None, test: bool
+    best: FrozenTrial | None,
+    result: dict[str, Any] | None,
+    test: bool,
+    deployed: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     if best is None or not best.values:
         return None
@@ -118,10 +121,37 @@ def _best(
         ("test accuracy (final model)", score),
         ("epochs trained", best.user_attrs.get(EPOCHS, "-")),
         ("parameters", _fmt(best.user_attrs.get(PARAMS, "-"))),
-        ("CPU latency per image (ms)", _fmt(best.user_attrs.get(LATENCY_MS, "-"))),
+        ("CPU latency per image, PyTorch eager (ms)", _fmt(best.user_attrs.get(LATENCY_MS, "-"))),
+        *_deploy_rows(deployed),
         ("trial time", format_duration(best.duration.total_seconds() if best.duration else None)),
     ]
     return {"rows": rows + [(f"param {k}", _fmt(v)) for k, v in best.params.items()]}
+
+
+def _deploy_rows(deployed: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """The final model's export: its latency on each runtime, and its agreement with PyTorch."""
+    if not deployed or "latency" not in deployed:
+        return []
+    rows = []
+    for runtime, name in (("onnxruntime", "ONNX Runtime"), ("pytorch_eager", "PyTorch eager")):
+        timed = deployed["latency"][runtime]
+        one, many = timed["batch_1"], timed["batch_256"]
+        rows.append(
+            (
+                f"final model, {name}, one thread: ms per call, batch 1 / 256 (median, p95)",
+                f"{one['median_ms']:.3f} ({one['p95_ms']:.3f}) / "
+                f"{many['median_ms']:.2f} ({many['p95_ms']:.2f})",
+            )
+        )
+    agree = deployed["agreement"]
+    rows.append(
+        (
+            "model.onnx against PyTorch (validation images)",
+            f"top-1 agreement {100 * agree['top1_agreement']:.2f} % of {agree['images']}, "
+            f"max |Δp| {agree['max_abs_diff']:.1e}",
+        )
+    )
+    return rows
 
 
 def _test(result: dict[str, Any] | None, data_dir: Path | None, test: bool) -> dict[str, Any]:
@@ -214,7 +244,8 @@ def _time_split(split: dict[str, Any] | None) -> str | None:
 
 # The trial table's own columns; the trial's hyperparameters follow.
 TRIAL_COLUMNS = (
-    "trial", "state", "val acc", "epochs", "rung", "seconds", "params", "latency ms", "fits budget"
+    "trial", "state", "val acc", "epochs", "rung", "seconds", "params", "latency ms",
+    "onnx ms (final model)", "fits budget",
 )  # fmt: skip
 
 
@@ -226,8 +257,13 @@ def _number_cell(value: float | None, form: str) -> dict[str, Any]:
     }
 
 
-def _trials(study: optuna.Study, best: FrozenTrial | None) -> dict[str, Any]:
+def _trials(
+    study: optuna.Study, best: FrozenTrial | None, deployed: dict[str, Any] | None = None
+) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
+    onnx_ms = None  # ONNX Runtime's batch-1 median of the final model, in its trial's row
+    if deployed and "latency" in deployed:
+        onnx_ms = deployed["latency"]["onnxruntime"]["batch_1"]["median_ms"]
     names: list[str] = []
     for t in trials:
         names += [n for n in t.params if n not in names]
@@ -249,6 +285,9 @@ def _trials(study: optuna.Study, best: FrozenTrial | None) -> dict[str, Any]:
             },
             _number_cell(t.user_attrs.get(PARAMS), "{:,}"),
             _number_cell(t.user_attrs.get(LATENCY_MS), "{:.3f}"),
+            _number_cell(
+                onnx_ms if best is not None and t.number == best.number else None, "{:.3f}"
+            ),
             {"text": "yes" if feasible(t) else "no", "sort": None},
         ]
         for n in names:
@@ -277,6 +316,7 @@ def page_context(
     except ValueError:  # complete trials, but none feasible (a budget)
         best = None
     result = stored_result(study, best.number) if best is not None and test else None
+    deployed = stored_deploy(study) if result else None  # the final model's export, checked
     if best is None or not best.values:
         headline = "no complete trial yet"
     else:
@@ -289,10 +329,10 @@ def page_context(
         "version": _version(),
         "optuna_version": optuna.__version__,
         "summary": _summary(study, storage_url),
-        "best": _best(best, result, test),
+        "best": _best(best, result, test, deployed),
         "test": _test(result, data_dir, test),
         "class_names": CLASS_NAMES,
-        "trials": _trials(study, best),
+        "trials": _trials(study, best, deployed if result else None),
         "plots_dir": PLOTS_DIR,
         "plots": [
             {

@@ -94,8 +94,16 @@ def find_files(data_dir: str | Path) -> dict[str, Path] | None:
     return None
 
 
-def _read_idx(path: Path, ndim: int) -> torch.Tensor:
-    fix = "replace it with an intact copy of the original file or pass another --data-dir"
+DATA_FIX = "replace it with an intact copy of the original file or pass another --data-dir"
+
+
+def read_idx(path: Path, ndim: int, fix: str = DATA_FIX) -> torch.Tensor:
+    """An IDX uint8 file (gzip-compressed when its name ends in ``.gz``): ``ndim``-D, images
+    28 x 28.
+
+    Raises:
+        DataError: Not such a file, or a corrupt one; the message ends with ``fix``.
+    """
     header_size = 4 + 4 * ndim
     try:
         with gzip.open(path) if path.suffix == ".gz" else path.open("rb") as f:
@@ -122,8 +130,8 @@ def _read_idx(path: Path, ndim: int) -> torch.Tensor:
 
 def _decode_pair(images_file: Path, labels_file: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """One split's images (N, 784) and labels, checked against each other."""
-    images = _read_idx(images_file, 3)
-    labels = _read_idx(labels_file, 1)
+    images = read_idx(images_file, 3)
+    labels = read_idx(labels_file, 1)
     if images.shape[0] != labels.shape[0] or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
         raise DataError(
             f"{images_file} holds {tuple(images.shape)} images for {labels.shape[0]} labels; "

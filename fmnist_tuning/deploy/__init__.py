@@ -1,0 +1,1 @@
+"""The shipped model: ONNX export, its checks against PyTorch, predictions, and its model card."""

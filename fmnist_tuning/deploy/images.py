@@ -1,0 +1,102 @@
+"""Picture files → uint8 ``N x 28 x 28`` arrays as Fashion-MNIST holds its images.
+
+- **PNG and JPEG** (any size, colour or grey): converted to grey, padded to a square with their
+  own border colour (so the garment keeps its shape), and resized to 28 x 28 (Lanczos). Fashion-MNIST
+  shows light garments on a black background, so **a picture whose border is light (mean grey of
+  its outermost pixels above 127) is inverted**: a photo on a white background becomes a light
+  garment on black. One picture is one image.
+- **``.npy``**: one image (28 x 28 or 784 values) or a batch (N x 28 x 28 or N x 784), uint8
+  pixels 0-255, or floats in [0, 1]; used as they are (no inversion).
+- **IDX** (``*-idx3-ubyte``, also ``.gz``): a file of the dataset's own format; every image in it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fmnist_tuning.errors import DataError
+from fmnist_tuning.training.raw import IMAGE_SIDE, N_FEATURES, read_idx
+
+PICTURES = (".png", ".jpg", ".jpeg")
+LIGHT_BORDER = 127  # a border brighter than this (mean grey, 0-255) is a light background: inverted
+KINDS = "PNG, JPEG, .npy or an IDX images file"
+
+
+def read_images(path: Path) -> np.ndarray:
+    """The images in the file ``path``, uint8, ``N x 28 x 28``.
+
+    Raises:
+        DataError: No such file, an unknown kind, a corrupt one, or arrays of another shape.
+    """
+    if not path.is_file():
+        raise DataError(f"no file at {path}; pass the path of a {KINDS}")
+    name = path.name.lower()
+    if name.endswith(PICTURES):
+        return picture(path)[None]
+    if name.endswith(".npy"):
+        return _array(path)
+    if "idx" in name or name.endswith("ubyte"):
+        fix = "pass an intact IDX images file (such as t10k-images-idx3-ubyte.gz)"
+        return read_idx(path, 3, fix).numpy().reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+    raise DataError(f"{path}: cannot read a {path.suffix or 'suffix-less'} file; pass a {KINDS}")
+
+
+def picture(path: Path) -> np.ndarray:
+    """A PNG or JPEG as one 28 x 28 uint8 image (see the module docstring for the rule)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as opened:
+            grey = opened.convert("L")
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise DataError(
+            f"{path} is not a readable PNG or JPEG ({err}); pass an intact picture"
+        ) from None
+    pixels = np.asarray(grey, dtype=np.uint8)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    background = int(np.median(border))
+    side = max(pixels.shape)
+    square = Image.new("L", (side, side), background)
+    square.paste(grey, ((side - grey.width) // 2, (side - grey.height) // 2))
+    small = np.asarray(square.resize((IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.LANCZOS))
+    return 255 - small if border.mean() > LIGHT_BORDER else small
+
+
+def _array(path: Path) -> np.ndarray:
+    try:
+        array: np.ndarray = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise DataError(
+            f"{path} is not a readable .npy array ({err}); save one with numpy.save"
+        ) from None
+    shape = array.shape
+    if (array.ndim in (1, 2) and array.shape[-1] == N_FEATURES) or shape == (
+        IMAGE_SIDE,
+        IMAGE_SIDE,
+    ):
+        array = array.reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+    if array.ndim != 3 or array.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+        raise DataError(
+            f"{path} holds an array shaped {shape}; expected 28 x 28, N x 28 x 28 or N x 784"
+        )
+    if array.dtype == np.uint8:
+        return array.astype(np.uint8, copy=False)
+    if (
+        np.issubdtype(array.dtype, np.floating)
+        and array.size
+        and 0 <= array.min() <= array.max() <= 1
+    ):
+        scaled: np.ndarray = np.rint(array * 255).astype(np.uint8)
+        return scaled
+    if (
+        np.issubdtype(array.dtype, np.integer)
+        and array.size
+        and 0 <= array.min() <= array.max() <= 255
+    ):
+        return array.astype(np.uint8)
+    raise DataError(
+        f"{path} holds {array.dtype} values outside 0-255 (or floats outside [0, 1], or NaN); "
+        "save uint8 pixels or floats in [0, 1]"
+    )

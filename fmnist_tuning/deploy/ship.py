@@ -1,0 +1,85 @@
+"""After a study's final model: ``model.onnx``, its checks against PyTorch, and ``MODEL.md``.
+
+The checks run on the study's validation images, never on the test set: ONNX Runtime's predictions
+against PyTorch's, and the latency of each runtime on one thread. Their figures are stored in the
+study (``deploy <final model>``), where the report reads them, and go into ``best.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from fmnist_tuning.config import RunConfig
+from fmnist_tuning.deploy import card, compare
+from fmnist_tuning.deploy.export import FILE_NAMES, RawImages, export
+from fmnist_tuning.deploy.extra import INSTALL, available
+from fmnist_tuning.deploy.onnx_model import OnnxModel
+from fmnist_tuning.files import write_atomic
+from fmnist_tuning.final.classifier import load_model
+from fmnist_tuning.final.results import current_key, store_deploy, stored_model
+from fmnist_tuning.keys import BEST_JSON
+from fmnist_tuning.training.data import make_splits
+from fmnist_tuning.training.raw import IMAGE_SIDE, load_raw
+
+log = logging.getLogger("fmnist_tuning")
+
+BUDGET_RUNTIME = "PyTorch eager, one CPU thread, batch 1 (median of 50 calls)"  # --max-latency-ms
+
+
+def ship(study: optuna.Study, run: RunConfig, best: dict[str, Any]) -> dict[str, Any]:
+    """Exports the final model ``best`` describes, checks it, writes ``MODEL.md`` and ``best.json``.
+
+    Args:
+        study: The study.
+        run: Its settings (``output_dir``, ``data_dir``, ``val_size``, ``seed``).
+        best: The ``best.json`` content :func:`fmnist_tuning.final.finalize.finalize` wrote.
+
+    Returns:
+        ``best`` with ``deploy``: the files, the agreement and the latencies (or why there is no
+        ``model.onnx``: the deploy extra is not installed).
+    """
+    if not available():
+        best["deploy"] = {
+            "skipped": f"no model.onnx: the deploy extra is not installed ({INSTALL})"
+        }
+        log.warning("%s", best["deploy"]["skipped"])
+    else:
+        best["deploy"] = measure(study, run, best)
+        log.info(
+            "exported %s: ONNX Runtime agrees with PyTorch on %.2f %% of %d validation images",
+            best["deploy"]["onnx"],
+            100 * best["deploy"]["agreement"]["top1_agreement"],
+            best["deploy"]["agreement"]["images"],
+        )
+    write_atomic(run.output_dir / BEST_JSON, json.dumps(best, indent=2) + "\n")
+    key = current_key(study)
+    final = stored_model(study, key) if key is not None else None
+    card.write_card(run.output_dir, best, final, run.val_size)
+    return best
+
+
+def measure(study: optuna.Study, run: RunConfig, best: dict[str, Any]) -> dict[str, Any]:
+    """Writes ``model.onnx``, checks it against PyTorch on the validation images, stores the figures."""
+    target = export(Path(best["checkpoint"]), run.output_dir / FILE_NAMES["onnx"])
+    splits = make_splits(load_raw(run.data_dir), run.val_size, run.seed)
+    images = splits.images[splits.val_idx].cpu().reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+    eager = RawImages(load_model(best["checkpoint"]))
+    exported = OnnxModel(target, threads=1)
+    figures: dict[str, Any] = {
+        "onnx": str(target),
+        "agreement": compare.agreement(eager, exported, images),  # validation images only
+        "latency": compare.latency(eager, exported, images),
+        "budget_runtime": BUDGET_RUNTIME,
+        "trial_latency_ms": best.get("latency_ms"),  # the search's estimate, for this network
+    }
+    onnx_ms = figures["latency"]["onnxruntime"]["batch_1"]["median_ms"]
+    if figures["trial_latency_ms"] and onnx_ms:
+        figures["trial_estimate_over_onnx"] = round(figures["trial_latency_ms"] / onnx_ms, 2)
+    if (key := current_key(study)) is not None:
+        store_deploy(study, key, figures)
+    return figures
