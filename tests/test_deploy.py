@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -86,9 +87,10 @@ def test_predict_names_the_class_of_pngs_of_validation_images_and_of_a_photo_lik
         pixels = images[i].numpy()
         plain = tmp_path / f"val_{i}.png"
         Image.fromarray(pixels).save(plain)
-        # A photo of it: 4x larger, colour, a dark garment on a light background, with noise.
-        big = np.kron(255 - pixels.astype(np.int16), np.ones((4, 4), dtype=np.int16))
-        noisy = np.clip(big + rng.integers(-12, 13, big.shape), 0, 255).astype(np.uint8)
+        # A photo of it: 4x larger, in colour, a dark garment on a wider light background, noisy.
+        canvas = np.full((112, 160), 240, dtype=np.int16)
+        canvas[:, 24:136] = np.kron(255 - pixels.astype(np.int16), np.ones((4, 4), np.int16))
+        noisy = np.clip(canvas + rng.integers(-8, 9, canvas.shape), 0, 255).astype(np.uint8)
         photo = tmp_path / f"photo_{i}.png"
         Image.fromarray(np.stack([noisy, noisy, (noisy * 0.9).astype(np.uint8)], -1)).save(photo)
         files += [plain, photo]
@@ -235,16 +237,33 @@ def test_without_the_deploy_extra_predict_and_export_say_how_to_install_it(
 
 
 def test_without_the_deploy_extra_a_study_says_why_it_has_no_model_onnx(
-    study_dir: Path, fake_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    study_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from fmnist_tuning.api import load_result
     from fmnist_tuning.deploy.ship import ship
 
+    copy = shutil.copytree(study_dir, tmp_path / "study")
+    (copy / "model.onnx").unlink()
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    result = load_result(study_dir)
-    best = json.loads((study_dir / "best.json").read_text())
+    result = load_result(copy)
+    best = json.loads((copy / "best.json").read_text())
     shipped = ship(result.study, result.config, {**best, "deploy": None})
     assert "pip install 'fmnist-tuning[deploy]'" in shipped["deploy"]["skipped"]
-    written = json.loads((study_dir / "best.json").read_text())
-    assert written["deploy"] == shipped["deploy"]
-    assert "Not measured: no model.onnx" in (study_dir / "MODEL.md").read_text()
+    assert json.loads((copy / "best.json").read_text())["deploy"] == shipped["deploy"]
+    assert "Not measured: no model.onnx" in (copy / "MODEL.md").read_text()
+    assert not (copy / "model.onnx").exists()
+
+
+def test_a_resumed_study_reuses_its_exports_stored_checks(
+    study_dir: Path, fake_data_dir: Path, tmp_path: Path
+) -> None:
+    copy = shutil.copytree(study_dir, tmp_path / "study")
+    before = json.loads((copy / "best.json").read_text())["deploy"]
+    args = [
+        "--data-dir", str(fake_data_dir), "--output-dir", str(copy), "--n-trials", "1",
+        "--max-epochs", "3", "--final-epochs", "3", "--val-size", str(VAL_SIZE),
+        "--accelerator", "cpu",
+    ]  # fmt: skip
+    assert main(args) == 0
+    after = json.loads((copy / "best.json").read_text())["deploy"]
+    assert after == {**before, "onnx": str(copy / "model.onnx")}  # measured once, then read

@@ -76,6 +76,7 @@ def test_every_module_the_docs_name_exists() -> None:
 def test_every_flag_the_docs_show_exists() -> None:
     sources = [
         PACKAGE / "cli.py",
+        PACKAGE / "commands.py",
         *(ROOT / "benchmarks").glob("*.py"),
         *(ROOT / "scripts").glob("*.py"),
     ]

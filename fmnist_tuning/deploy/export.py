@@ -10,6 +10,7 @@ metadata (:data:`PRODUCER`, :data:`CLASSES_KEY`), so a reader can tell it from a
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -61,15 +62,18 @@ def export(checkpoint: Path, target: Path, fmt: str = "onnx") -> Path:
     if fmt == "torchscript":  # deprecated by PyTorch, still read by its C++ runtime: on request
         target.parent.mkdir(parents=True, exist_ok=True)
         extra = {CLASSES_KEY: json.dumps(model.classifier.class_names)}
-        tmp = target.with_name(f".{target.name}.tmp")
-        with warnings.catch_warnings(), torch.inference_mode():
-            warnings.simplefilter("ignore", FutureWarning)  # its deprecation, asked for here
-            traced = torch.jit.trace(model, example_batch())  # type: ignore[no-untyped-call]
-            torch.jit.save(traced, str(tmp), _extra_files=extra)
-        tmp.replace(target)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # one per writer
+        try:
+            with warnings.catch_warnings(), torch.inference_mode():
+                warnings.simplefilter("ignore", FutureWarning)  # its deprecation, asked for here
+                traced = torch.jit.trace(model, example_batch())  # type: ignore[no-untyped-call]
+                torch.jit.save(traced, str(tmp), _extra_files=extra)
+            tmp.replace(target)
+        finally:
+            tmp.unlink(missing_ok=True)
         return target
     onnx = require("onnx", "exporting to ONNX")
-    tmp = target.with_name(f".{target.name}.export.tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.export.tmp")
     target.parent.mkdir(parents=True, exist_ok=True)
     # The TorchScript-based exporter: about 0.2 s for these networks, against 10 s and more for
     # the torch.export-based one (its first call in a process), the same graph. Its deprecation

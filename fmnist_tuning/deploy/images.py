@@ -1,10 +1,11 @@
 """Picture files → uint8 ``N x 28 x 28`` arrays as Fashion-MNIST holds its images.
 
-- **PNG and JPEG** (any size, colour or grey): converted to grey, padded to a square with their
-  own border colour (so the garment keeps its shape), and resized to 28 x 28 (Lanczos). Fashion-MNIST
-  shows light garments on a black background, so **a picture whose border is light (mean grey of
-  its outermost pixels above 127) is inverted**: a photo on a white background becomes a light
-  garment on black. One picture is one image.
+- **PNG and JPEG** (any size, colour or grey): converted to grey. Fashion-MNIST shows light
+  garments on a black background, so **a picture whose border is light (mean grey of its outermost
+  pixels above 127) is inverted**: a photo on a white background becomes a light garment on black.
+  A picture of another size than 28 x 28 is then made as Fashion-MNIST's were: trimmed to the
+  garment (the pixels more than 32 grey levels from the border's median), its longest side resized
+  to 28 (Lanczos), centred on the background. One picture is one image.
 - **``.npy``**: one image (28 x 28 or 784 values) or a batch (N x 28 x 28 or N x 784), uint8
   pixels 0-255, or floats in [0, 1]; used as they are (no inversion).
 - **IDX** (``*-idx3-ubyte``, also ``.gz``): a file of the dataset's own format; every image in it.
@@ -21,6 +22,7 @@ from fmnist_tuning.training.raw import IMAGE_SIDE, N_FEATURES, read_idx
 
 PICTURES = (".png", ".jpg", ".jpeg")
 LIGHT_BORDER = 127  # a border brighter than this (mean grey, 0-255) is a light background: inverted
+TRIM = 32  # pixels further than this from the background's grey are the garment (kept by the trim)
 KINDS = "PNG, JPEG, .npy or an IDX images file"
 
 
@@ -49,19 +51,28 @@ def picture(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as opened:
-            grey = opened.convert("L")
+            pixels = np.asarray(opened.convert("L"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise DataError(
             f"{path} is not a readable PNG or JPEG ({err}); pass an intact picture"
         ) from None
-    pixels = np.asarray(grey, dtype=np.uint8)
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    if border.mean() > LIGHT_BORDER:
+        pixels = 255 - pixels
+        border = 255 - border
+    if pixels.shape == (IMAGE_SIDE, IMAGE_SIDE):
+        return pixels
+    # As Fashion-MNIST was made: trimmed to the garment, its longest side resized to 28, centred.
     background = int(np.median(border))
+    rows, cols = np.nonzero(np.abs(pixels.astype(np.int16) - background) > TRIM)
+    if len(rows):
+        pixels = pixels[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     side = max(pixels.shape)
-    square = Image.new("L", (side, side), background)
-    square.paste(grey, ((side - grey.width) // 2, (side - grey.height) // 2))
-    small = np.asarray(square.resize((IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.LANCZOS))
-    return 255 - small if border.mean() > LIGHT_BORDER else small
+    square = np.full((side, side), background, dtype=np.uint8)
+    top, left = (side - pixels.shape[0]) // 2, (side - pixels.shape[1]) // 2
+    square[top : top + pixels.shape[0], left : left + pixels.shape[1]] = pixels
+    resized = Image.fromarray(square).resize((IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.LANCZOS)
+    return np.asarray(resized, dtype=np.uint8)
 
 
 def _array(path: Path) -> np.ndarray:

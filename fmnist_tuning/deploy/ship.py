@@ -21,7 +21,7 @@ from fmnist_tuning.deploy.extra import INSTALL, available
 from fmnist_tuning.deploy.onnx_model import OnnxModel
 from fmnist_tuning.files import write_atomic
 from fmnist_tuning.final.classifier import load_model
-from fmnist_tuning.final.results import current_key, store_deploy, stored_model
+from fmnist_tuning.final.results import current_key, store_deploy, stored_deploy, stored_model
 from fmnist_tuning.keys import BEST_JSON
 from fmnist_tuning.training.data import make_splits
 from fmnist_tuning.training.raw import IMAGE_SIDE, load_raw
@@ -64,22 +64,25 @@ def ship(study: optuna.Study, run: RunConfig, best: dict[str, Any]) -> dict[str,
 
 
 def measure(study: optuna.Study, run: RunConfig, best: dict[str, Any]) -> dict[str, Any]:
-    """Writes ``model.onnx``, checks it against PyTorch on the validation images, stores the figures."""
+    """Writes ``model.onnx``; its checks against PyTorch on the validation images, measured once
+    per final model and stored (a resume, or another machine, reads them)."""
     target = export(Path(best["checkpoint"]), run.output_dir / FILE_NAMES["onnx"])
-    splits = make_splits(load_raw(run.data_dir), run.val_size, run.seed)
-    images = splits.images[splits.val_idx].cpu().reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
-    eager = RawImages(load_model(best["checkpoint"]))
-    exported = OnnxModel(target, threads=1)
-    figures: dict[str, Any] = {
-        "onnx": str(target),
-        "agreement": compare.agreement(eager, exported, images),  # validation images only
-        "latency": compare.latency(eager, exported, images),
-        "budget_runtime": BUDGET_RUNTIME,
-        "trial_latency_ms": best.get("latency_ms"),  # the search's estimate, for this network
-    }
-    onnx_ms = figures["latency"]["onnxruntime"]["batch_1"]["median_ms"]
-    if figures["trial_latency_ms"] and onnx_ms:
-        figures["trial_estimate_over_onnx"] = round(figures["trial_latency_ms"] / onnx_ms, 2)
-    if (key := current_key(study)) is not None:
-        store_deploy(study, key, figures)
-    return figures
+    figures = stored_deploy(study)
+    if figures is None:
+        splits = make_splits(load_raw(run.data_dir), run.val_size, run.seed)
+        images = splits.images[splits.val_idx].cpu().reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+        eager = RawImages(load_model(best["checkpoint"]))
+        exported = OnnxModel(target, threads=1)
+        figures = {
+            "agreement": compare.agreement(eager, exported, images),  # validation images only
+            "latency": compare.latency(eager, exported, images),
+            "budget_runtime": BUDGET_RUNTIME,
+            "trial_latency_ms": best.get("latency_ms"),  # the search's estimate, this network
+        }
+        onnx_ms = figures["latency"]["onnxruntime"]["batch_1"]["median_ms"]
+        if figures["trial_latency_ms"] and onnx_ms:
+            figures["trial_estimate_over_onnx"] = round(figures["trial_latency_ms"] / onnx_ms, 2)
+        if (key := current_key(study)) is not None:
+            store_deploy(study, key, figures)
+            figures = stored_deploy(study) or figures  # another machine's, if it stored first
+    return {"onnx": str(target), **figures}
