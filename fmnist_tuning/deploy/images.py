@@ -3,9 +3,9 @@
 - **PNG and JPEG** (any size, colour or grey): converted to grey. Fashion-MNIST shows light
   garments on a black background, so **a picture whose border is light (mean grey of its outermost
   pixels above 127) is inverted**: a photo on a white background becomes a light garment on black.
-  A picture of another size than 28 x 28 is then made as Fashion-MNIST's were: trimmed to the
-  garment (the pixels more than 32 grey levels from the border's median), its longest side resized
-  to 28 (Lanczos), centred on the background. One picture is one image.
+  The background's grey (the border's median) is then stretched to black. A picture of another
+  size than 28 x 28 is made as Fashion-MNIST's were: trimmed to the garment (the pixels above 32),
+  its longest side resized to 28 (Lanczos), centred on black. One picture is one image.
 - **``.npy``**: one image (28 x 28 or 784 values) or a batch (N x 28 x 28 or N x 784), uint8
   pixels 0-255, or floats in [0, 1]; used as they are (no inversion).
 - **IDX** (``*-idx3-ubyte``, also ``.gz``): a file of the dataset's own format; every image in it.
@@ -22,7 +22,7 @@ from fmnist_tuning.training.raw import IMAGE_SIDE, N_FEATURES, read_idx
 
 PICTURES = (".png", ".jpg", ".jpeg")
 LIGHT_BORDER = 127  # a border brighter than this (mean grey, 0-255) is a light background: inverted
-TRIM = 32  # pixels further than this from the background's grey are the garment (kept by the trim)
+TRIM = 32  # pixels brighter than this, once the background is black, are the garment (trim)
 KINDS = "PNG, JPEG, .npy or an IDX images file"
 
 
@@ -60,15 +60,19 @@ def picture(path: Path) -> np.ndarray:
     if border.mean() > LIGHT_BORDER:
         pixels = 255 - pixels
         border = 255 - border
+    # The background black, as in Fashion-MNIST: its grey (the border's median) becomes 0.
+    background = int(np.median(border))
+    if background:
+        stretched = (pixels.astype(np.float32) - background) * 255 / (255 - background)
+        pixels = np.clip(np.rint(stretched), 0, 255).astype(np.uint8)
     if pixels.shape == (IMAGE_SIDE, IMAGE_SIDE):
         return pixels
     # As Fashion-MNIST was made: trimmed to the garment, its longest side resized to 28, centred.
-    background = int(np.median(border))
-    rows, cols = np.nonzero(np.abs(pixels.astype(np.int16) - background) > TRIM)
+    rows, cols = np.nonzero(pixels > TRIM)
     if len(rows):
         pixels = pixels[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     side = max(pixels.shape)
-    square = np.full((side, side), background, dtype=np.uint8)
+    square = np.zeros((side, side), dtype=np.uint8)
     top, left = (side - pixels.shape[0]) // 2, (side - pixels.shape[1]) // 2
     square[top : top + pixels.shape[0], left : left + pixels.shape[1]] = pixels
     resized = Image.fromarray(square).resize((IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.LANCZOS)
