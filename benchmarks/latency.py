@@ -44,14 +44,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = load_result(args.study_dir)
         exported = OnnxModel(args.study_dir / MODEL_ONNX, threads=1)
+        run = result.config
+        splits = make_splits(load_raw(run.data_dir), run.val_size, run.seed)
+        eager_file = result.checkpoint or Path()
+        eager = RawImages(load_model(eager_file))
     except TuningError as err:
         print(f"latency.py: error: {err}", file=sys.stderr)
         return 2
-    run = result.config
-    splits = make_splits(load_raw(run.data_dir), run.val_size, run.seed)
     images = splits.images[splits.val_idx].cpu().reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
-    eager = RawImages(load_model(result.checkpoint))  # type: ignore[arg-type]
-    module = FashionMNISTClassifier.load_from_checkpoint(result.checkpoint, map_location="cpu")
+    module = FashionMNISTClassifier.load_from_checkpoint(eager_file, map_location="cpu")
     figures: dict[str, list[float]] = {}
     for _ in range(args.repeats):
         measured = compare.latency(eager, exported, images)
@@ -62,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures.setdefault("trial estimate (eager, batch 1, median of 50)", []).append(
             cpu_latency_ms(module)
         )
-    print(f"{result.checkpoint.name}, {args.repeats} repeats: median (min-max) ms")
+    print(f"{eager_file.name}, {args.repeats} repeats: median (min-max) ms")
     for name, values in figures.items():
         print(f"  {name}: {statistics.median(values):.4f} ({min(values):.4f}-{max(values):.4f})")
     onnx = statistics.median(figures["onnxruntime batch_1 median_ms"])

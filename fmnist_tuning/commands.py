@@ -1,13 +1,15 @@
 """``fmnist-tune export`` and ``fmnist-tune predict``: a study's final model as a file, and its answers.
 
 Both print one line and exit 2 on any input they cannot use (a missing or corrupt file, a model of
-another program, a flag out of range, the deploy extra not installed).
+another program, a flag out of range, a study without a final model, the deploy extra not
+installed), before any output; 0 otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -140,6 +142,9 @@ def _predict(argv: Sequence[str]) -> None:
 def _run(command: str, body: Callable[[Sequence[str]], None], argv: Sequence[str]) -> int:
     try:
         body(argv)
+    except BrokenPipeError:  # the reader stopped early (predict ... | head): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except (TuningError, OSError) as err:
         print(f"fmnist-tune {command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE

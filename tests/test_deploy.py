@@ -21,6 +21,10 @@ from fmnist_tuning.training.data import make_splits
 from fmnist_tuning.training.raw import CLASS_NAMES, load_raw
 from tests.conftest import VAL_SIZE, write_idx
 
+# Whole studies, exports and ONNX Runtime: with the other whole runs, outside the fast subset
+# (whose lower-bound install has no deploy extra).
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def study_dir(fake_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -54,7 +54,8 @@ def latency(eager: RawImages, exported: OnnxModel, images: torch.Tensor) -> dict
     """Milliseconds per call of each runtime, on one thread, at batch 1 and 256.
 
     ``exported`` must have been opened with one thread; PyTorch runs on one for the measurement
-    (its thread count is restored after). The images are ``images[:batch]`` (uint8).
+    (its thread count is restored after). A batch is the first ``batch`` of ``images`` (uint8),
+    repeated when there are fewer.
 
     Returns:
         ``{"onnxruntime": {"batch_1": {median_ms, p95_ms, runs}, "batch_256": ...},
@@ -66,7 +67,7 @@ def latency(eager: RawImages, exported: OnnxModel, images: torch.Tensor) -> dict
     try:
         with torch.inference_mode():
             for batch in BATCHES:
-                chunk = images[:batch]
+                chunk = images[torch.arange(batch) % len(images)]  # repeated when fewer
                 array = chunk.numpy()
                 figures["onnxruntime"][f"batch_{batch}"] = _timed(
                     functools.partial(exported.probabilities, array), batch

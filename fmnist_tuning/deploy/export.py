@@ -3,8 +3,9 @@
 The graph holds everything between a Fashion-MNIST image and its class: the cast to float, the
 normalisation the model was trained with, the flattening, the network and the softmax. Its input
 ``images`` is ``N x 28 x 28`` uint8 (pixels 0-255, as in the dataset files), with a dynamic batch
-axis; its output ``probabilities`` is ``N x 10``. The file names its maker and classes in its
-metadata (:data:`PRODUCER`, :data:`CLASSES_KEY`), so a reader can tell it from another model.
+axis; its output ``probabilities`` is ``N x 10``. An ONNX file names its maker and classes in its
+metadata (:data:`PRODUCER`, :data:`CLASSES_KEY`), so a reader can tell it from another model; a
+TorchScript file holds the class names as an extra file.
 """
 
 from __future__ import annotations

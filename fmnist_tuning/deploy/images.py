@@ -1,6 +1,7 @@
 """Picture files → uint8 ``N x 28 x 28`` arrays as Fashion-MNIST holds its images.
 
-- **PNG and JPEG** (any size, colour or grey): converted to grey. Fashion-MNIST shows light
+- **PNG and JPEG** (any size, colour or grey; turned upright by their EXIF orientation, and a
+  transparent background made white): converted to grey. Fashion-MNIST shows light
   garments on a black background, so **a picture whose border is light (mean grey of its outermost
   pixels above 127) is inverted**: a photo on a white background becomes a light garment on black.
   The background's grey (the border's median) is then stretched to black. A picture of another
@@ -17,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fmnist_tuning.errors import DataError
+from fmnist_tuning.errors import DataError, first_line
 from fmnist_tuning.training.raw import IMAGE_SIDE, N_FEATURES, read_idx
 
 PICTURES = (".png", ".jpg", ".jpeg")
 LIGHT_BORDER = 127  # a border brighter than this (mean grey, 0-255) is a light background: inverted
+MAX_SIDE = 1024  # a longer trimmed side is shrunk to this first (memory), before the square
 TRIM = 32  # pixels brighter than this, once the background is black, are the garment (trim)
 KINDS = "PNG, JPEG, .npy or an IDX images file"
 
@@ -47,14 +49,25 @@ def read_images(path: Path) -> np.ndarray:
 
 def picture(path: Path) -> np.ndarray:
     """A PNG or JPEG as one 28 x 28 uint8 image (see the module docstring for the rule)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as opened:
-            pixels = np.asarray(opened.convert("L"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+            upright = ImageOps.exif_transpose(opened)  # a phone's portrait photo stands up
+            if upright.mode in ("RGBA", "LA", "PA") or "transparency" in upright.info:
+                white = Image.new("RGBA", upright.size, (255, 255, 255, 255))
+                upright = Image.alpha_composite(white, upright.convert("RGBA"))
+            pixels = np.asarray(upright.convert("L"), dtype=np.uint8)
+    except (
+        UnidentifiedImageError,
+        Image.DecompressionBombError,
+        OSError,
+        ValueError,
+        SyntaxError,  # Pillow's "broken PNG file"
+        EOFError,
+    ) as err:
         raise DataError(
-            f"{path} is not a readable PNG or JPEG ({err}); pass an intact picture"
+            f"{path} is not a readable PNG or JPEG ({first_line(err, 120)}); pass an intact picture"
         ) from None
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     if border.mean() > LIGHT_BORDER:
@@ -71,6 +84,11 @@ def picture(path: Path) -> np.ndarray:
     rows, cols = np.nonzero(pixels > TRIM)
     if len(rows):
         pixels = pixels[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    if max(pixels.shape) > MAX_SIDE:  # a huge or extreme picture: its square would not fit
+        scale = MAX_SIDE / max(pixels.shape)
+        height, width = (max(1, round(n * scale)) for n in pixels.shape)
+        shrunk = Image.fromarray(pixels).resize((width, height), Image.Resampling.LANCZOS)
+        pixels = np.asarray(shrunk, dtype=np.uint8)
     side = max(pixels.shape)
     square = np.zeros((side, side), dtype=np.uint8)
     top, left = (side - pixels.shape[0]) // 2, (side - pixels.shape[1]) // 2
@@ -81,11 +99,16 @@ def picture(path: Path) -> np.ndarray:
 
 def _array(path: Path) -> np.ndarray:
     try:
-        array: np.ndarray = np.load(path, allow_pickle=False)
+        loaded = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise DataError(
-            f"{path} is not a readable .npy array ({err}); save one with numpy.save"
+            f"{path} is not a readable .npy array ({first_line(err, 120)}); save one with "
+            "numpy.save"
         ) from None
+    if not isinstance(loaded, np.ndarray):  # an .npz archive under another name
+        loaded.close()
+        raise DataError(f"{path} is an .npz archive, not one array; save one with numpy.save")
+    array: np.ndarray = loaded
     shape = array.shape
     if (array.ndim in (1, 2) and array.shape[-1] == N_FEATURES) or shape == (
         IMAGE_SIDE,

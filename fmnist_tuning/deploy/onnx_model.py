@@ -60,10 +60,17 @@ class OnnxModel:
                 f"{meta.producer_name or 'an unnamed program'}, input "
                 f"{[(i.name, i.type, i.shape) for i in inputs]}); {REEXPORT}"
             )
+        try:
+            names = json.loads(meta.custom_metadata_map.get(CLASSES_KEY, ""))
+        except json.JSONDecodeError:
+            names = None
+        n_classes = outputs[0].shape[-1]
+        if not (isinstance(names, list) and all(isinstance(n, str) for n in names)) or (
+            isinstance(n_classes, int) and len(names) != n_classes
+        ):
+            raise ModelError(f"{path} does not name its classes in its metadata; {REEXPORT}")
         self.path = path
-        self.class_names: Sequence[str] = tuple(
-            json.loads(meta.custom_metadata_map.get(CLASSES_KEY, "[]"))
-        )
+        self.class_names: Sequence[str] = tuple(names)
 
     def probabilities(self, images: Any) -> np.ndarray:
         """Class probabilities (N x classes) of uint8 images (N x 28 x 28)."""

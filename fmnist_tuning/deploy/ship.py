@@ -19,6 +19,7 @@ from fmnist_tuning.deploy import card, compare
 from fmnist_tuning.deploy.export import FILE_NAMES, RawImages, export
 from fmnist_tuning.deploy.extra import INSTALL, available
 from fmnist_tuning.deploy.onnx_model import OnnxModel
+from fmnist_tuning.errors import SettingsError, TuningError, first_line
 from fmnist_tuning.files import write_atomic
 from fmnist_tuning.final.classifier import load_model
 from fmnist_tuning.final.results import current_key, store_deploy, stored_deploy, stored_model
@@ -40,16 +41,20 @@ def ship(study: optuna.Study, run: RunConfig, best: dict[str, Any]) -> dict[str,
         best: The ``best.json`` content :func:`fmnist_tuning.final.finalize.finalize` wrote.
 
     Returns:
-        ``best`` with ``deploy``: the files, the agreement and the latencies (or why there is no
-        ``model.onnx``: the deploy extra is not installed).
+        ``best`` with ``deploy``: the files, the agreement and the latencies, or why there is no
+        ``model.onnx`` (the deploy extra is not installed, or the export failed: the final model
+        and its score stand, and ``fmnist-tune export`` can try again).
     """
-    if not available():
-        best["deploy"] = {
-            "skipped": f"no model.onnx: the deploy extra is not installed ({INSTALL})"
-        }
+    target = run.output_dir / FILE_NAMES["onnx"]
+    try:
+        if not available():
+            raise SettingsError(f"the deploy extra is not installed ({INSTALL})")
+        best["deploy"] = measure(study, run, best, target)
+    except (TuningError, OSError, RuntimeError) as err:  # the model and its score stand
+        target.unlink(missing_ok=True)  # no stale file of another final model
+        best["deploy"] = {"skipped": f"no model.onnx: {first_line(err, 300)}"}
         log.warning("%s", best["deploy"]["skipped"])
     else:
-        best["deploy"] = measure(study, run, best)
         log.info(
             "exported %s: ONNX Runtime agrees with PyTorch on %.2f %% of %d validation images",
             best["deploy"]["onnx"],
@@ -63,10 +68,16 @@ def ship(study: optuna.Study, run: RunConfig, best: dict[str, Any]) -> dict[str,
     return best
 
 
-def measure(study: optuna.Study, run: RunConfig, best: dict[str, Any]) -> dict[str, Any]:
-    """Writes ``model.onnx``; its checks against PyTorch on the validation images, measured once
-    per final model and stored (a resume, or another machine, reads them)."""
-    target = export(Path(best["checkpoint"]), run.output_dir / FILE_NAMES["onnx"])
+def measure(
+    study: optuna.Study, run: RunConfig, best: dict[str, Any], target: Path
+) -> dict[str, Any]:
+    """Writes ``target`` (``model.onnx``) and its checks against PyTorch on the validation images.
+
+    The checks are measured by the first run that exports this final model and stored in the
+    study; a resume, or another machine, reads them (two machines that finish together may both
+    measure: the study keeps the last).
+    """
+    export(Path(best["checkpoint"]), target)
     figures = stored_deploy(study)
     if figures is None:
         splits = make_splits(load_raw(run.data_dir), run.val_size, run.seed)
@@ -84,5 +95,4 @@ def measure(study: optuna.Study, run: RunConfig, best: dict[str, Any]) -> dict[s
             figures["trial_estimate_over_onnx"] = round(figures["trial_latency_ms"] / onnx_ms, 2)
         if (key := current_key(study)) is not None:
             store_deploy(study, key, figures)
-            figures = stored_deploy(study) or figures  # another machine's, if it stored first
     return {"onnx": str(target), **figures}
