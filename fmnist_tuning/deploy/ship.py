@@ -14,6 +14,7 @@ from typing import Any
 
 import optuna
 
+from fmnist_tuning.cluster import locks
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.deploy import card, compare
 from fmnist_tuning.deploy.export import FILE_NAMES, RawImages, export
@@ -29,6 +30,7 @@ from fmnist_tuning.training.raw import IMAGE_SIDE, load_raw
 
 log = logging.getLogger("fmnist_tuning")
 
+WAITING = "another machine is checking model.onnx: waiting for its figures"
 BUDGET_RUNTIME = "PyTorch eager, one CPU thread, batch 1 (median of 50 calls)"  # --max-latency-ms
 
 
@@ -57,7 +59,7 @@ def ship(study: optuna.Study, run: RunConfig, best: dict[str, Any]) -> dict[str,
     else:
         log.info(
             "exported %s: ONNX Runtime agrees with PyTorch on %.2f %% of %d validation images",
-            best["deploy"]["onnx"],
+            target,
             100 * best["deploy"]["agreement"]["top1_agreement"],
             best["deploy"]["agreement"]["images"],
         )
@@ -73,26 +75,34 @@ def measure(
 ) -> dict[str, Any]:
     """Writes ``target`` (``model.onnx``) and its checks against PyTorch on the validation images.
 
-    The checks are measured by the first run that exports this final model and stored in the
-    study; a resume, or another machine, reads them (two machines that finish together may both
-    measure: the study keeps the last).
+    The checks are measured once per final model, by the first machine that takes the study's
+    ``deploy`` lock, and stored in the study; a resume, or another machine, reads them.
     """
     export(Path(best["checkpoint"]), target)
-    figures = stored_deploy(study)
-    if figures is None:
-        splits = make_splits(load_raw(run.data_dir), run.val_size, run.seed)
-        images = splits.images[splits.val_idx].cpu().reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
-        eager = RawImages(load_model(best["checkpoint"]))
-        exported = OnnxModel(target, threads=1)
-        figures = {
-            "agreement": compare.agreement(eager, exported, images),  # validation images only
-            "latency": compare.latency(eager, exported, images),
-            "budget_runtime": BUDGET_RUNTIME,
-            "trial_latency_ms": best.get("latency_ms"),  # the search's estimate, this network
-        }
-        onnx_ms = figures["latency"]["onnxruntime"]["batch_1"]["median_ms"]
-        if figures["trial_latency_ms"] and onnx_ms:
-            figures["trial_estimate_over_onnx"] = round(figures["trial_latency_ms"] / onnx_ms, 2)
-        if (key := current_key(study)) is not None:
-            store_deploy(study, key, figures)
-    return {"onnx": str(target), **figures}
+    with locks.holding(locks.run_lock(run, study.study_name, "deploy"), WAITING):
+        figures = stored_deploy(study)  # read again under the lock: another may have measured
+        if figures is None:
+            figures = _checks(study, run, best, target)
+    return {"onnx": target.name, **figures}  # in the output folder, on every machine
+
+
+def _checks(
+    study: optuna.Study, run: RunConfig, best: dict[str, Any], target: Path
+) -> dict[str, Any]:
+    """Measures and stores the checks of ``target`` (holding the study's ``deploy`` lock)."""
+    splits = make_splits(load_raw(run.data_dir), run.val_size, run.seed)
+    images = splits.images[splits.val_idx].cpu().reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
+    eager = RawImages(load_model(best["checkpoint"]))
+    exported = OnnxModel(target, threads=1)
+    figures: dict[str, Any] = {
+        "agreement": compare.agreement(eager, exported, images),  # validation images only
+        "latency": compare.latency(eager, exported, images),
+        "budget_runtime": BUDGET_RUNTIME,
+        "trial_latency_ms": best.get("latency_ms"),  # the search's estimate, this network
+    }
+    onnx_ms = figures["latency"]["onnxruntime"]["batch_1"]["median_ms"]
+    if figures["trial_latency_ms"] and onnx_ms:
+        figures["trial_estimate_over_onnx"] = round(figures["trial_latency_ms"] / onnx_ms, 2)
+    if (key := current_key(study)) is not None:
+        store_deploy(study, key, figures)
+    return figures
