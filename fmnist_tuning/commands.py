@@ -65,8 +65,6 @@ def _export(argv: Sequence[str]) -> None:
     from fmnist_tuning.deploy.export import export as write
 
     args = build_export_parser().parse_args(argv)
-    if args.output_dir is None and args.storage is None:
-        args.output_dir = Path("runs") / (args.study_name or "fmnist-mlp")
     result = load_result(
         args.output_dir,
         storage=args.storage,

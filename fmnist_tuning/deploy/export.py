@@ -10,8 +10,9 @@ TorchScript file holds the class names as an extra file.
 
 from __future__ import annotations
 
+import io
 import json
-import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -60,44 +61,36 @@ def export(checkpoint: Path, target: Path, fmt: str = "onnx") -> Path:
         fmnist_tuning.errors.SettingsError: ONNX without the ``deploy`` extra installed.
     """
     model = RawImages(load_model(checkpoint))
+    names = json.dumps(list(model.classifier.class_names))
     if fmt == "torchscript":  # deprecated by PyTorch, still read by its C++ runtime: on request
-        target.parent.mkdir(parents=True, exist_ok=True)
-        extra = {CLASSES_KEY: json.dumps(model.classifier.class_names)}
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # one per writer
-        try:
-            with warnings.catch_warnings(), torch.inference_mode():
-                warnings.simplefilter("ignore", FutureWarning)  # its deprecation, asked for here
-                traced = torch.jit.trace(model, example_batch())  # type: ignore[no-untyped-call]
-                torch.jit.save(traced, str(tmp), _extra_files=extra)
-            tmp.replace(target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return target
-    onnx = require("onnx", "exporting to ONNX")
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.export.tmp")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # The TorchScript-based exporter: about 0.2 s for these networks, against 10 s and more for
-    # the torch.export-based one (its first call in a process), the same graph. Its deprecation
-    # warning is silenced here, for this call only.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (example_batch(),),
-            str(tmp),
-            input_names=[INPUT],
-            output_names=[OUTPUT],
-            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
-            opset_version=OPSET,
-            dynamo=False,
-        )
-    try:
-        graph = onnx.load(str(tmp))
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore", FutureWarning)  # its deprecation, asked for here
+            traced = torch.jit.trace(model, example_batch())  # type: ignore[no-untyped-call]
+            buffer = io.BytesIO()
+            torch.jit.save(traced, buffer, _extra_files={CLASSES_KEY: names})
+        data = buffer.getvalue()
+    else:
+        onnx = require("onnx", "exporting to ONNX")
+        # The TorchScript-based exporter: about 0.2 s for these networks, against 10 s and more
+        # for the torch.export-based one (its first call in a process), the same graph. Its
+        # deprecation warning is silenced here, for this call only.
+        with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            exported = Path(folder) / target.name
+            torch.onnx.export(
+                model,
+                (example_batch(),),
+                exported,
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+                opset_version=OPSET,
+                dynamo=False,
+            )
+            graph = onnx.load(exported)
         graph.producer_name = PRODUCER
-        onnx.helper.set_model_props(
-            graph, {CLASSES_KEY: json.dumps(list(model.classifier.class_names))}
-        )
-        write_atomic(target, graph.SerializeToString())
-    finally:
-        tmp.unlink(missing_ok=True)
+        onnx.helper.set_model_props(graph, {CLASSES_KEY: names})
+        data = graph.SerializeToString()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(target, data)
     return target

@@ -20,13 +20,3 @@ def require(module: str, what: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError:
         raise SettingsError(f"{what} needs {module}, which is not installed: {INSTALL}") from None
-
-
-def available() -> bool:
-    """Whether the deploy extra is installed (both onnx and onnxruntime import)."""
-    try:
-        require("onnx", "")
-        require("onnxruntime", "")
-    except SettingsError:
-        return False
-    return True

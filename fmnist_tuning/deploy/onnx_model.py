@@ -1,4 +1,4 @@
-"""An exported ``model.onnx`` opened with ONNX Runtime, checked to be one this package made."""
+"""An exported ``model.onnx`` opened with ONNX Runtime, checked to be a model of this package."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class OnnxModel:
         threads: ONNX Runtime's threads within an operator (1: as latency is measured).
 
     Raises:
-        ModelError: No such file, not an ONNX file, or one another program made.
+        ModelError: No such file, not an ONNX file, or another program's.
         fmnist_tuning.errors.SettingsError: onnxruntime is not installed.
     """
 
@@ -69,7 +69,6 @@ class OnnxModel:
             isinstance(n_classes, int) and len(names) != n_classes
         ):
             raise ModelError(f"{path} does not name its classes in its metadata; {REEXPORT}")
-        self.path = path
         self.class_names: Sequence[str] = tuple(names)
 
     def probabilities(self, images: Any) -> np.ndarray:

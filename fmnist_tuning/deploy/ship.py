@@ -18,20 +18,22 @@ from fmnist_tuning.cluster import locks
 from fmnist_tuning.config import RunConfig
 from fmnist_tuning.deploy import card, compare
 from fmnist_tuning.deploy.export import FILE_NAMES, RawImages, export
-from fmnist_tuning.deploy.extra import INSTALL, available
+from fmnist_tuning.deploy.extra import require
 from fmnist_tuning.deploy.onnx_model import OnnxModel
-from fmnist_tuning.errors import SettingsError, TuningError, first_line
+from fmnist_tuning.errors import TuningError, first_line
 from fmnist_tuning.files import write_atomic
 from fmnist_tuning.final.classifier import load_model
 from fmnist_tuning.final.results import current_key, store_deploy, stored_deploy, stored_model
 from fmnist_tuning.keys import BEST_JSON
+from fmnist_tuning.search.budget import LATENCY_REPEATS
 from fmnist_tuning.training.data import make_splits
 from fmnist_tuning.training.raw import IMAGE_SIDE, load_raw
 
 log = logging.getLogger("fmnist_tuning")
 
 WAITING = "another machine is checking model.onnx: waiting for its figures"
-BUDGET_RUNTIME = "PyTorch eager, one CPU thread, batch 1 (median of 50 calls)"  # --max-latency-ms
+# What --max-latency-ms budgets (search/budget.py's measurement).
+BUDGET_RUNTIME = f"PyTorch eager, one CPU thread, batch 1 (median of {LATENCY_REPEATS} calls)"
 
 
 def ship(study: optuna.Study, run: RunConfig, best: dict[str, Any]) -> dict[str, Any]:
@@ -48,9 +50,7 @@ def ship(study: optuna.Study, run: RunConfig, best: dict[str, Any]) -> dict[str,
         and its score stand, and ``fmnist-tune export`` can try again).
     """
     target = run.output_dir / FILE_NAMES["onnx"]
-    try:
-        if not available():
-            raise SettingsError(f"the deploy extra is not installed ({INSTALL})")
+    try:  # onnx or onnxruntime missing: a SettingsError that names the pip command
         best["deploy"] = measure(study, run, best, target)
     except (TuningError, OSError, RuntimeError) as err:  # the model and its score stand
         target.unlink(missing_ok=True)  # no stale file of another final model
@@ -78,6 +78,9 @@ def measure(
     The checks are measured once per final model, by the first machine that takes the study's
     ``deploy`` lock, and stored in the study; a resume, or another machine, reads them.
     """
+    require(
+        "onnxruntime", "checking model.onnx"
+    )  # the whole extra, even when reading stored checks
     export(Path(best["checkpoint"]), target)
     with locks.holding(locks.run_lock(run, study.study_name, "deploy"), WAITING):
         figures = stored_deploy(study)  # read again under the lock: another may have measured

@@ -119,7 +119,8 @@ def stored_result(study: optuna.Study, trial: int) -> dict[str, Any] | None:
 
 
 def store_deploy(study: optuna.Study, key: str, figures: dict[str, Any]) -> None:
-    """Stores the checks of the final model ``key``'s export (the latest measurement counts)."""
+    """Stores the checks of the final model ``key``'s export (measured once, under the study's
+    ``deploy`` lock: :mod:`fmnist_tuning.deploy.ship`)."""
     study.set_user_attr(DEPLOY + key, figures)
 
 

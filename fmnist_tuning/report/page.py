@@ -332,7 +332,7 @@ def page_context(
         "best": _best(best, result, test, deployed),
         "test": _test(result, data_dir, test),
         "class_names": CLASS_NAMES,
-        "trials": _trials(study, best, deployed if result else None),
+        "trials": _trials(study, best, deployed),
         "plots_dir": PLOTS_DIR,
         "plots": [
             {
