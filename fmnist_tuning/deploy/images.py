@@ -17,8 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fmnist_tuning.errors import DataError, first_line
+from fmnist_tuning.final.classifier import as_pixels
 from fmnist_tuning.training.raw import IMAGE_SIDE, N_FEATURES, read_idx
 
 PICTURES = (".png", ".jpg", ".jpeg")
@@ -109,32 +111,20 @@ def _array(path: Path) -> np.ndarray:
         loaded.close()
         raise DataError(f"{path} is an .npz archive, not one array; save one with numpy.save")
     array: np.ndarray = loaded
-    shape = array.shape
-    if (array.ndim in (1, 2) and array.shape[-1] == N_FEATURES) or shape == (
-        IMAGE_SIDE,
-        IMAGE_SIDE,
+    if array.shape in ((IMAGE_SIDE, IMAGE_SIDE), (N_FEATURES,)):
+        array = array.reshape(1, N_FEATURES)  # one image
+    integers = array.dtype.kind in "iu"
+    if array.dtype.kind not in "iuf" or (
+        integers and array.size and not 0 <= array.min() <= array.max() <= 255
     ):
-        array = array.reshape(-1, IMAGE_SIDE, IMAGE_SIDE)
-    if array.ndim != 3 or array.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
         raise DataError(
-            f"{path} holds an array shaped {shape}; expected 28 x 28, N x 28 x 28 or N x 784"
+            f"{path} holds {array.dtype} values that are not pixels 0-255; save uint8 pixels or "
+            "floats in [0, 1]"
         )
-    if array.dtype == np.uint8:
-        return array.astype(np.uint8, copy=False)
-    if (
-        np.issubdtype(array.dtype, np.floating)
-        and array.size
-        and 0 <= array.min() <= array.max() <= 1
-    ):
-        scaled: np.ndarray = np.rint(array * 255).astype(np.uint8)
-        return scaled
-    if (
-        np.issubdtype(array.dtype, np.integer)
-        and array.size
-        and 0 <= array.min() <= array.max() <= 255
-    ):
-        return array.astype(np.uint8)
-    raise DataError(
-        f"{path} holds {array.dtype} values outside 0-255 (or floats outside [0, 1], or NaN); "
-        "save uint8 pixels or floats in [0, 1]"
-    )
+    if integers:
+        array = array.astype(np.uint8, copy=False)  # 0-255, checked
+    try:  # the arrays a loaded model classifies: N x 28 x 28 or N x 784, 0-255 or floats in [0, 1]
+        pixels = as_pixels(array)
+    except ValueError as err:
+        raise DataError(f"{path}: {err}") from None
+    return pixels.round().to(torch.uint8).numpy().reshape(-1, IMAGE_SIDE, IMAGE_SIDE)

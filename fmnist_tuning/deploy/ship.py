@@ -78,9 +78,8 @@ def measure(
     The checks are measured once per final model, by the first machine that takes the study's
     ``deploy`` lock, and stored in the study; a resume, or another machine, reads them.
     """
-    require(
-        "onnxruntime", "checking model.onnx"
-    )  # the whole extra, even when reading stored checks
+    # The whole extra, even when the checks are stored already: a study ships both or neither.
+    require("onnxruntime", "checking model.onnx")
     export(Path(best["checkpoint"]), target)
     with locks.holding(locks.run_lock(run, study.study_name, "deploy"), WAITING):
         figures = stored_deploy(study)  # read again under the lock: another may have measured
